@@ -1,0 +1,417 @@
+"""The codec's Python API: ``quantize`` / ``dequantize`` and the low-level ``encode`` / ``decode``.
+
+Dispatch: CPU tensors go to the Rust core (``nexusquant._core``, multi-threaded, GIL released,
+zero-copy through numpy views of the torch buffers); CUDA tensors go to the CUDA kernels
+(``nexusquant.gpu``, CuPy, on torch's current stream); ``backend="reference"`` runs the pure-torch
+oracle on any device. All three produce the same bytes (``docs/codec.md``).
+
+Non-finite input: a head-vector containing NaN or ±Inf is stored with a NaN scale and decodes to
+all-NaN; every other head-vector in the tensor is unaffected. A head-vector of zeros decodes to
+zeros. Scales saturate at the fp16 maximum (65504), so finite inputs with an RMS above ~1e5 are
+clipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .errors import (
+    BitsError,
+    DeviceError,
+    GPUUnavailableError,
+    HeadDimError,
+    InvalidArgumentError,
+    ShapeError,
+    UnsupportedDtypeError,
+)
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TUNED_BITS = (2, 3, 4)
+MIN_BITS, MAX_BITS = 1, 8
+MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 1024
+CODEC_VERSION = "e8v1"
+
+Backend = Literal["core", "cuda", "reference"]
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def check_bits(bits: object, name: str = "bits") -> int:
+    """Return ``bits`` as an int, or raise BitsError naming ``name`` and the allowed values."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise BitsError(
+            f"{name} must be an integer in {MIN_BITS}..{MAX_BITS} "
+            f"({', '.join(map(str, TUNED_BITS))} are tuned), got {bits!r}"
+        )
+    b = int(bits)
+    if not MIN_BITS <= b <= MAX_BITS:
+        raise BitsError(
+            f"{name} must be one of {list(range(MIN_BITS, MAX_BITS + 1))} "
+            f"({', '.join(map(str, TUNED_BITS))} are tuned), got {b}"
+        )
+    return b
+
+
+def check_head_dim(head_dim: object, name: str = "head_dim") -> int:
+    """Return ``head_dim`` as an int, or raise HeadDimError (multiple of 8 in [8, 1024])."""
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)):
+        raise HeadDimError(f"{name} must be an integer multiple of 8 in [8, 1024], got {head_dim!r}")
+    d = int(head_dim)
+    if d % 8 or not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
+        raise HeadDimError(f"{name} must be a multiple of 8 in [8, 1024], got {d}")
+    return d
+
+
+def check_seed(seed: object) -> int:
+    """Return ``seed`` as an int in [0, 2^64), or raise InvalidArgumentError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def check_dtype(dtype: torch.dtype, name: str = "x.dtype") -> torch.dtype:
+    """Raise UnsupportedDtypeError unless ``dtype`` is float16, bfloat16 or float32."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise UnsupportedDtypeError(
+            f"{name} must be one of [torch.float16, torch.bfloat16, torch.float32], got {dtype}"
+        )
+    return dtype
+
+
+def check_threads(threads: object) -> int | None:
+    """``None`` (all cores) or a positive int."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or int(threads) < 1:
+        raise InvalidArgumentError(f"threads must be None or a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def code_bytes(head_dim: int, bits: int) -> int:
+    """Bytes of codes per head-vector: ``head_dim * bits / 8`` (exact)."""
+    return head_dim * bits // 8
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+
+
+def _core():
+    try:
+        return importlib.import_module("nexusquant._core")
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise ImportError(
+            "nexusquant._core (the Rust extension) is not built: install the package with "
+            "`pip install nexusquant-kv` or build it in place with `maturin develop --release`"
+        ) from exc
+
+
+def _gpu():
+    from . import gpu  # noqa: PLC0415 - lazy by design: CuPy only on first CUDA use
+
+    return gpu
+
+
+def _choose_backend(device: torch.device, backend: Backend | None) -> Backend:
+    if backend is not None:
+        if backend not in ("core", "cuda", "reference"):
+            raise InvalidArgumentError(
+                f"backend must be one of ['core', 'cuda', 'reference'] or None, got {backend!r}"
+            )
+        if backend == "core" and device.type != "cpu":
+            raise DeviceError(f"backend='core' needs CPU tensors, got a tensor on {device}")
+        if backend == "cuda" and device.type != "cuda":
+            raise DeviceError(f"backend='cuda' needs CUDA tensors, got a tensor on {device}")
+        return backend
+    if device.type == "cpu":
+        return "core"
+    if device.type == "cuda":
+        return "cuda"
+    raise DeviceError(f"tensors must be on 'cpu' or 'cuda', got a tensor on {device}")
+
+
+def _np_view(t: torch.Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a contiguous CPU tensor (bfloat16 viewed as uint16 bits)."""
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    a = t.numpy()
+    if a.dtype == np.int16:
+        a = a.view(np.uint16)
+    return a
+
+
+# --------------------------------------------------------------------------------------------
+# low level: encode / decode
+
+
+def encode(
+    x: torch.Tensor,
+    bits: int = 3,
+    seed: int = 0,
+    *,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode head-vectors.
+
+    Args:
+        x: ``(..., head_dim)`` float16 | bfloat16 | float32, on CPU or CUDA; any strides.
+        bits: bits per element, 1..8 (2, 3, 4 tuned).
+        seed: rotation seed in [0, 2^64).
+        threads: CPU threads (``None``: all cores).
+        backend: ``None`` (by device), ``"core"``, ``"cuda"`` or ``"reference"``.
+
+    Returns:
+        ``(codes, scales)``: codes ``(..., head_dim*bits/8)`` uint8 and scales ``(...)`` float16,
+        on ``x``'s device.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_dtype(x.dtype)
+    bits = check_bits(bits)
+    seed = check_seed(seed)
+    threads = check_threads(threads)
+    if x.dim() < 1:
+        raise ShapeError(f"x must have at least 1 dimension (..., head_dim), got shape {tuple(x.shape)}")
+    d = check_head_dim(x.shape[-1], "head_dim (x.shape[-1])")
+    which = _choose_backend(x.device, backend)
+    lead = tuple(x.shape[:-1])
+    n = int(np.prod(lead)) if lead else 1
+    codes = torch.empty(*lead, code_bytes(d, bits), dtype=torch.uint8, device=x.device)
+    scales = torch.empty(*lead, dtype=torch.float16, device=x.device)
+    if n == 0:
+        return codes, scales
+    x2 = x.reshape(n, d).contiguous()
+    if which == "reference":
+        from . import reference  # noqa: PLC0415
+
+        c, s = reference.encode(x2.cpu(), bits, seed)
+        codes.copy_(c.reshape(codes.shape))
+        scales.copy_(s.view(torch.float16).reshape(scales.shape))
+    elif which == "core":
+        _core().encode(
+            _np_view(x2),
+            _np_view(codes.view(n, -1)),
+            _np_view(scales.view(n).view(torch.int16)),
+            bits=bits,
+            seed=seed,
+            dtype=_DTYPE_NAMES[x.dtype],
+            threads=threads,
+        )
+    else:
+        _gpu().encode(x2, codes.view(n, -1), scales.view(n), bits=bits, seed=seed)
+    return codes, scales
+
+
+def decode(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    *,
+    bits: int,
+    seed: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.float16,
+    out: torch.Tensor | None = None,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Decode codes and scales back to head-vectors.
+
+    Args:
+        codes: ``(..., head_dim*bits/8)`` uint8.
+        scales: ``(...)`` float16 (the leading shape of ``codes``).
+        bits, seed, head_dim: the parameters used to encode.
+        dtype: output dtype (float16 | bfloat16 | float32).
+        out: optional contiguous ``(..., head_dim)`` tensor of ``dtype`` to write into.
+
+    Returns:
+        ``(..., head_dim)`` tensor of ``dtype`` on ``codes``' device.
+    """
+    bits = check_bits(bits)
+    seed = check_seed(seed)
+    d = check_head_dim(head_dim)
+    check_dtype(dtype, "dtype")
+    threads = check_threads(threads)
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+        raise ShapeError(f"codes must be a torch.uint8 tensor, got {getattr(codes, 'dtype', type(codes))}")
+    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float16:
+        raise ShapeError(
+            f"scales must be a torch.float16 tensor, got {getattr(scales, 'dtype', type(scales))}"
+        )
+    cb = code_bytes(d, bits)
+    if codes.dim() < 1 or codes.shape[-1] != cb:
+        raise ShapeError(
+            f"codes.shape[-1] must be head_dim*bits/8 = {cb} for head_dim={d}, bits={bits}, "
+            f"got shape {tuple(codes.shape)}"
+        )
+    lead = tuple(codes.shape[:-1])
+    if tuple(scales.shape) != lead:
+        raise ShapeError(f"scales.shape must be {lead} (codes.shape[:-1]), got {tuple(scales.shape)}")
+    if scales.device != codes.device:
+        raise DeviceError(f"codes and scales must be on one device, got {codes.device} and {scales.device}")
+    which = _choose_backend(codes.device, backend)
+    n = int(np.prod(lead)) if lead else 1
+    if out is None:
+        out = torch.empty(*lead, d, dtype=dtype, device=codes.device)
+    elif out.shape != (*lead, d) or out.dtype != dtype or not out.is_contiguous() or out.device != codes.device:
+        raise ShapeError(
+            f"out must be a contiguous {dtype} tensor of shape {(*lead, d)} on {codes.device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    if n == 0:
+        return out
+    c2 = codes.reshape(n, cb).contiguous()
+    s2 = scales.reshape(n).contiguous()
+    if which == "reference":
+        from . import reference  # noqa: PLC0415
+
+        out.copy_(reference.decode(c2.cpu(), s2.cpu().view(torch.int16), bits, seed, d, dtype).reshape(out.shape))
+    elif which == "core":
+        _core().decode(
+            _np_view(c2),
+            _np_view(s2.view(torch.int16)),
+            _np_view(out.view(n, d)),
+            bits=bits,
+            seed=seed,
+            dtype=_DTYPE_NAMES[dtype],
+            threads=threads,
+        )
+    else:
+        _gpu().decode(c2, s2, out.view(n, d), bits=bits, seed=seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# high level: QuantizedTensor
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A tensor of head-vectors held as packed E8 codes plus one fp16 scale per head-vector.
+
+    Attributes:
+        codes: ``(..., head_dim*bits/8)`` uint8, packed LSB-first (``docs/codec.md`` §8).
+        scales: ``(...)`` float16, one per head-vector.
+        shape: the original tensor's shape ``(..., head_dim)``.
+        dtype: the original dtype (what :func:`dequantize` returns).
+        bits: bits per element of the codes.
+        seed: the rotation seed.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+    bits: int
+    seed: int
+
+    #: Bytes of the fixed descriptor (seed u64, bits u8, dtype u8, ndim u8, codec version u8,
+    #: 4 reserved) that accompanies the arrays; plus 8 bytes per dimension of ``shape``.
+    META_FIXED_BYTES = 16
+
+    @property
+    def head_dim(self) -> int:
+        """Elements per head-vector (the last dimension of ``shape``)."""
+        return int(self.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the codes live."""
+        return self.codes.device
+
+    @property
+    def meta_nbytes(self) -> int:
+        """Bytes of metadata: the fixed descriptor plus 8 bytes per dimension."""
+        return self.META_FIXED_BYTES + 8 * len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Every byte the object holds: codes + scales + metadata."""
+        return (
+            self.codes.numel() * self.codes.element_size()
+            + self.scales.numel() * self.scales.element_size()
+            + self.meta_nbytes
+        )
+
+    @property
+    def bits_per_element(self) -> float:
+        """Stored bits per original element, scales and metadata included."""
+        n = max(1, int(np.prod(self.shape)))
+        return 8.0 * self.nbytes / n
+
+    def dequantize(self, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode to a tensor of ``shape`` and ``dtype`` (see :func:`dequantize`)."""
+        return dequantize(self, out=out)
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedTensor(shape={tuple(self.shape)}, dtype={self.dtype}, bits={self.bits}, "
+            f"seed={self.seed}, nbytes={self.nbytes}, device={self.device})"
+        )
+
+
+def quantize(
+    x: torch.Tensor,
+    bits: int = 3,
+    *,
+    seed: int = 0,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> QuantizedTensor:
+    """Quantize ``x`` (``(..., head_dim)`` float16 | bfloat16 | float32) to E8 codes.
+
+    ``head_dim`` must be a multiple of 8 in [8, 1024]; ``bits`` in 1..8 (2, 3, 4 tuned).
+    Empty and non-contiguous tensors are accepted. See the module docstring for NaN/Inf.
+    """
+    codes, scales = encode(x, bits, seed, threads=threads, backend=backend)
+    return QuantizedTensor(
+        codes=codes, scales=scales, shape=x.shape, dtype=x.dtype, bits=int(bits), seed=int(seed)
+    )
+
+
+def dequantize(
+    q: QuantizedTensor,
+    *,
+    out: torch.Tensor | None = None,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Decode a :class:`QuantizedTensor` to a tensor of its original shape and dtype."""
+    if not isinstance(q, QuantizedTensor):
+        raise InvalidArgumentError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    return decode(
+        q.codes,
+        q.scales,
+        bits=q.bits,
+        seed=q.seed,
+        head_dim=q.head_dim,
+        dtype=q.dtype,
+        out=out,
+        threads=threads,
+        backend=backend,
+    )
+
+
+__all__ = [
+    "CODEC_VERSION",
+    "QuantizedTensor",
+    "quantize",
+    "dequantize",
+    "encode",
+    "decode",
+    "code_bytes",
+    "check_bits",
+    "check_head_dim",
+    "check_dtype",
+    "check_seed",
+]
