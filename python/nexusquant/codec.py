@@ -141,8 +141,8 @@ def _choose_backend(device: torch.device, backend: Backend | None) -> Backend:
 
 
 def _np_view(t: torch.Tensor) -> np.ndarray:
-    """Zero-copy numpy view of a contiguous CPU tensor (bfloat16 viewed as uint16 bits)."""
-    if t.dtype == torch.bfloat16:
+    """Zero-copy numpy view of a contiguous CPU tensor (16-bit floats as uint16 bit patterns)."""
+    if t.dtype in (torch.bfloat16, torch.float16):
         t = t.view(torch.int16)
     a = t.numpy()
     if a.dtype == np.int16:
@@ -187,8 +187,8 @@ def encode(
     which = _choose_backend(x.device, backend)
     lead = tuple(x.shape[:-1])
     n = int(np.prod(lead)) if lead else 1
-    codes = torch.empty(*lead, code_bytes(d, bits), dtype=torch.uint8, device=x.device)
-    scales = torch.empty(*lead, dtype=torch.float16, device=x.device)
+    codes = torch.empty((*lead, code_bytes(d, bits)), dtype=torch.uint8, device=x.device)
+    scales = torch.empty(lead, dtype=torch.float16, device=x.device)
     if n == 0:
         return codes, scales
     x2 = x.reshape(n, d).contiguous()
@@ -262,7 +262,7 @@ def decode(
     which = _choose_backend(codes.device, backend)
     n = int(np.prod(lead)) if lead else 1
     if out is None:
-        out = torch.empty(*lead, d, dtype=dtype, device=codes.device)
+        out = torch.empty((*lead, d), dtype=dtype, device=codes.device)
     elif out.shape != (*lead, d) or out.dtype != dtype or not out.is_contiguous() or out.device != codes.device:
         raise ShapeError(
             f"out must be a contiguous {dtype} tensor of shape {(*lead, d)} on {codes.device}, "

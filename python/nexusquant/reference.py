@@ -274,9 +274,11 @@ def encode(x: torch.Tensor, bits: int, seed: int) -> tuple[torch.Tensor, torch.T
     v = rotate(v, seed)
     ss = fold_sum(v * v)
     nan_vec = ~finite | ~torch.isfinite(ss)
-    zero_vec = (ss == 0) & ~nan_vec
+    # torch's float32 sqrt on CPU is not always correctly rounded; the square root of a
+    # binary32 value taken in binary64 and rounded once is (the spec asks for IEEE sqrt).
+    rms = torch.sqrt((ss / f32(d)).double()).to(torch.float32)
+    zero_vec = ((ss == 0) | (rms == 0)) & ~nan_vec
     live = ~nan_vec & ~zero_vec
-    rms = torch.sqrt(ss / f32(d))
     rms = torch.where(live, rms, torch.ones_like(rms))
     v = torch.where(live.unsqueeze(-1), v, torch.zeros_like(v))
 

@@ -11,19 +11,9 @@ use nexusquant_core::format::{
 };
 use numpy::{PyReadonlyArray1, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
-/// An instance of `nexusquant.errors.<class>` with `message`.
-pub(crate) fn nexusquant_error(py: Python<'_>, class: &str, message: String) -> PyErr {
-    let class = py
-        .import("nexusquant.errors")
-        .and_then(|m| m.getattr(class))
-        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
-    match class {
-        Ok(class) => PyErr::from_type(class, message),
-        Err(e) => e,
-    }
-}
+pub(crate) use crate::errors::nexusquant_error;
 
 /// An `OSError` subclass chosen from the error kind (`FileNotFoundError`, ...), naming the
 /// path when there is one.

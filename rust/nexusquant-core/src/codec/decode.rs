@@ -1,0 +1,161 @@
+//! Decoding head-vectors (`docs/codec.md` §7).
+//!
+//! [`decode_vector`] is the spec written out literally (the oracle); [`decode_rows`] is the
+//! batched kernel, [`L`] head-vectors per pass, bit-identical to it.
+
+use half::f16;
+
+use super::e8::{vdec, vdec_lanes};
+use super::element::Element;
+use super::encode::check_len;
+use super::lanes::{arr8, LaneF, LaneI, LaneM, Simd, L};
+use super::pack::unpack;
+use super::params::CodecError;
+use super::Codec;
+
+/// Decodes one head-vector from `codes` (`d·b/8` bytes) and its fp16 scale bits into `out`
+/// (`d` binary32 values), literally as `docs/codec.md` §7 writes it. A NaN scale gives all
+/// quiet NaN (`f32::NAN`).
+///
+/// # Errors
+/// [`CodecError::Length`] when `codes` or `out` has the wrong length.
+pub fn decode_vector(
+    codec: &Codec,
+    codes: &[u8],
+    scale: u16,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    let p = codec.params();
+    let (d, b) = (p.head_dim(), p.bits());
+    check_len(
+        "codes",
+        "head_dim·bits/8 bytes",
+        p.code_bytes(),
+        codes.len(),
+    )?;
+    check_len("out", "head_dim", d, out.len())?;
+    let mf = f16::from_bits(scale).to_f32();
+    if mf.is_nan() {
+        out.fill(f32::NAN);
+        return Ok(());
+    }
+    let mut c = vec![0u8; d];
+    unpack(codes, b, &mut c);
+    for (block, o) in c.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        let p = vdec(block.try_into().expect("blocks of 8"), b);
+        for (x, &pi) in o.iter_mut().zip(&p) {
+            *x = (pi as f32 * 0.25) * mf;
+        }
+    }
+    codec.rotation().inverse(out);
+    Ok(())
+}
+
+/// Working memory of the batched decoder, sized for one head dimension.
+struct Scratch<S: Simd> {
+    /// The vectors being decoded, coordinate-major.
+    v: Vec<S::F>,
+    /// The group's head-vectors in binary32, row after row.
+    rows: Vec<f32>,
+    /// Each lane's code bytes, `d·b/8 + 8` per lane so that every block is one 8-byte load.
+    bytes: Vec<u8>,
+}
+
+/// Decodes `scales.len()` rows of `codes` into `out`, [`L`] rows at a time. Lengths are the
+/// caller's responsibility (checked by [`Codec::decode_into`]).
+#[inline(always)]
+pub(crate) fn decode_rows<S: Simd, T: Element>(
+    codec: &Codec,
+    codes: &[u8],
+    scales: &[u16],
+    out: &mut [T],
+) {
+    let p = codec.params();
+    let (d, cb) = (p.head_dim(), p.code_bytes());
+    let mut s = Scratch::<S> {
+        v: vec![S::F::splat(0.0); d],
+        rows: vec![0.0; L * d],
+        bytes: vec![0; L * (cb + 8)],
+    };
+    for ((cg, sg), og) in codes
+        .chunks(L * cb)
+        .zip(scales.chunks(L))
+        .zip(out.chunks_mut(L * d))
+    {
+        decode_group::<S, T>(codec, cg, sg, og, &mut s);
+    }
+}
+
+/// Decodes up to [`L`] rows (`scales.len()` of them).
+#[inline(always)]
+fn decode_group<S: Simd, T: Element>(
+    codec: &Codec,
+    codes: &[u8],
+    scales: &[u16],
+    out: &mut [T],
+    s: &mut Scratch<S>,
+) {
+    let p = codec.params();
+    let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
+    let n = scales.len();
+    let stride = cb + 8;
+
+    let mut mf = [0f32; L];
+    for (m, &h) in mf.iter_mut().zip(scales) {
+        *m = f16::from_bits(h).to_f32();
+    }
+    let mf = S::F::from_array(mf);
+    let nan = mf.eq(mf).not();
+    let mf = nan.select(S::F::splat(0.0), mf);
+    for l in 0..L {
+        let dst = &mut s.bytes[l * stride..l * stride + cb];
+        if l < n {
+            dst.copy_from_slice(&codes[l * cb..(l + 1) * cb]);
+        } else {
+            dst.fill(0);
+        }
+    }
+
+    // Codes 0-3 of a block are its word's bits [0, 4b), codes 4-7 bits [4b, 8b): each half fits
+    // in 32 bits.
+    let mask = S::I::splat((1 << b) - 1);
+    let quarter = S::F::splat(0.25);
+    let half_bits = 4 * b;
+    for j in 0..d / 8 {
+        let at = j * b as usize;
+        let mut lo = [0i32; L];
+        let mut hi = [0i32; L];
+        for l in 0..L {
+            let src = &s.bytes[l * stride + at..l * stride + at + 8];
+            let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
+            lo[l] = w as u32 as i32;
+            hi[l] = (w >> half_bits) as u32 as i32;
+        }
+        let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
+        let c: [S::I; 8] = arr8(|k| {
+            let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
+            (word >> (b * k as u32)) & mask
+        });
+        let p = vdec_lanes::<S>(&c, b);
+        for i in 0..8 {
+            s.v[8 * j + i] = (p[i].to_f32() * quarter) * mf;
+        }
+    }
+    codec.rotation().inverse_lanes::<S>(&mut s.v);
+
+    for k in 0..d / 8 {
+        let r: [S::F; 8] = arr8(|i| s.v[8 * k + i]);
+        let t = S::transpose(r);
+        for l in 0..8 {
+            s.rows[l * d + 8 * k..l * d + 8 * k + 8].copy_from_slice(&t[l].to_array());
+        }
+    }
+    for l in 0..n {
+        let row = &mut out[l * d..(l + 1) * d];
+        if nan.get(l) {
+            row.fill(T::NAN);
+        } else {
+            T::store(&s.rows[l * d..(l + 1) * d], row);
+        }
+    }
+}

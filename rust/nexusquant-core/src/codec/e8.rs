@@ -1,0 +1,521 @@
+//! The E8 lattice: nearest point `QE8` and the Voronoi code of the shifted lattice `E8 + ¼`
+//! inside the cell of `qE8`, `COORDS`/`VDEC` (`docs/codec.md` §4–5).
+//!
+//! Lattice points are in *half-units*: `Y = 2y`, so both cosets of `E8 = D8 ∪ (D8 + ½)` are
+//! integer vectors (all even or all odd). Codebook points `p = y + ¼` are in *quarter-units*:
+//! `P = 4p = 2Y + 1`, odd integers. The literal functions here follow the spec's binary32
+//! formulation and are the oracle; the lane functions are the batched kernels' versions,
+//! bit-identical to them.
+//!
+//! [`vdec_lanes`] runs in integers. This is exact: `VDEC` applies `QE8` to `z = P/(4q)` with `P`
+//! odd, `|P| < 2^12` and `q <= 256`, so every binary32 operation of `QE8` on such `z` is exact
+//! and `rint` never meets a tie. In units of `1/(4q)`: `rint(z) = (P + 2q) >> (b + 2)` and
+//! `rint(z - ½) = P >> (b + 2)`, the residual `e = z - f` is the integer `E = P - 4q·f` (minus
+//! `2q` for the `½` coset), `|e|` orders as `|E|`, `e >= 0` iff `E >= 0`, and the squared
+//! residuals (`|E| <= 4q`, so `E² <= 2^20` and their sum `<= 2^23 < 2^24`) are summed exactly,
+//! so `dA <= dB` compares the same numbers. `tests::every_code_round_trips_*` check it
+//! exhaustively for `b <= 2` and on random codes for every `b`.
+
+use super::fold::{fold, fold8_lanes};
+use super::lanes::{arr8, LaneF, LaneI, LaneM, Portable, Simd};
+
+/// `QD8(w)`: the nearest point `f` of `D8` (as binary32 integers) and the residual `e = w - f`.
+fn qd8(w: &[f32; 8]) -> ([f32; 8], [f32; 8]) {
+    let mut f = [0.0f32; 8];
+    let mut e = [0.0f32; 8];
+    for i in 0..8 {
+        f[i] = w[i].round_ties_even();
+        e[i] = w[i] - f[i];
+    }
+    let sum: i64 = f.iter().map(|&x| x as i64).sum();
+    if sum % 2 != 0 {
+        let mut k = 0;
+        for i in 1..8 {
+            if e[i].abs() > e[k].abs() {
+                k = i;
+            }
+        }
+        if e[k] >= 0.0 {
+            f[k] += 1.0;
+        } else {
+            f[k] -= 1.0;
+        }
+        e[k] = w[k] - f[k];
+    }
+    (f, e)
+}
+
+/// `QE8(z)`: the E8 point nearest to `z`, in half-units, with the spec's tie rules.
+///
+/// `z` must be finite with `|z[i]| < 2^20`.
+pub fn qe8(z: &[f32; 8]) -> [i32; 8] {
+    let (a, ea) = qd8(z);
+    let w = z.map(|x| x - 0.5);
+    let (b, eb) = qd8(&w);
+    let da = fold(&ea.map(|e| e * e));
+    let db = fold(&eb.map(|e| e * e));
+    if da <= db {
+        a.map(|x| 2 * x as i32)
+    } else {
+        b.map(|x| 2 * x as i32 + 1)
+    }
+}
+
+/// `COORDS(Y)`: the coordinates of the E8 point `Y` (half-units) in the Voronoi basis, before
+/// reduction modulo `q` (the code is `c & (q - 1)`).
+pub fn coords(y: &[i32; 8]) -> [i32; 8] {
+    let mut c = [0i32; 8];
+    c[7] = y[7];
+    c[6] = (y[6] - y[7]) / 2;
+    for k in (1..=5).rev() {
+        c[k] = (y[k] - y[7]) / 2 + c[k + 1];
+    }
+    c[0] = ((y[0] - y[7]) / 2 + c[1]) / 2;
+    c
+}
+
+/// The representative `Y` of a code before the `QE8` reduction (§5, first five lines of `VDEC`).
+fn lift(code: &[u8; 8]) -> [i32; 8] {
+    let c = code.map(i32::from);
+    let mut y = [0i32; 8];
+    y[7] = c[7];
+    y[6] = 2 * c[6] + c[7];
+    for k in 1..=5 {
+        y[k] = 2 * (c[k] - c[k + 1]) + c[7];
+    }
+    y[0] = 2 * (2 * c[0] - c[1]) + c[7];
+    y
+}
+
+/// `VDEC(code)` for `b` bits, literally in binary32: the codebook point `P̂` (quarter-units) of
+/// the code's coset of `E8 + ¼` inside the Voronoi cell of `qE8`. Every `code[k]` must be below
+/// `q = 2^b`.
+pub fn vdec(code: &[u8; 8], b: u32) -> [i32; 8] {
+    let q = 1i32 << b;
+    let p = lift(code).map(|y| 2 * y + 1);
+    let four_q = (4 * q) as f32;
+    let z = p.map(|v| v as f32 / four_q);
+    let k = qe8(&z);
+    core::array::from_fn(|i| p[i] - 2 * q * k[i])
+}
+
+/// `VDEC(code)` in integer arithmetic: identical results to [`vdec`] (see the module doc).
+pub fn vdec_int(code: &[u8; 8], b: u32) -> [i32; 8] {
+    let p = vdec_lanes::<Portable>(&code.map(|c| PI::splat(i32::from(c))), b);
+    core::array::from_fn(|i| p[i].to_array()[0])
+}
+
+type PI = <Portable as Simd>::I;
+
+/// The lanes where `a[i]` is the first of the largest of `a[0..8]` (one `i` per lane).
+#[inline(always)]
+fn first_max<S: Simd, T: Copy>(
+    a: &[T; 8],
+    max: impl Fn(T, T) -> T,
+    eq: impl Fn(T, T) -> S::M,
+) -> [S::M; 8] {
+    let m = max(
+        max(max(a[0], a[1]), max(a[2], a[3])),
+        max(max(a[4], a[5]), max(a[6], a[7])),
+    );
+    let is = arr8(|i| eq(a[i], m));
+    let mut seen = is[0];
+    let mut first = is;
+    for i in 1..8 {
+        first[i] = is[i].and_not(seen);
+        seen = seen | is[i];
+    }
+    first
+}
+
+/// The parity fix of `QD8` in integer units of `1/(4q)`: `f` and `E = 4q·e` are rounded values
+/// and residuals before the fix; returns them fixed.
+#[inline(always)]
+fn qd8_fix_int<S: Simd>(f: [S::I; 8], e: [S::I; 8], sh: u32) -> ([S::I; 8], [S::I; 8]) {
+    let s = ((f[0] + f[4]) + (f[2] + f[6])) + ((f[1] + f[5]) + (f[3] + f[7]));
+    let one = S::I::splat(1);
+    let odd = (s & one).eq(one);
+    let first = first_max::<S, S::I>(&arr8(|i| e[i].abs()), S::I::max, S::I::eq);
+    let (zero, minus) = (S::I::splat(0), S::I::splat(-1));
+    let step: [S::I; 8] = arr8(|i| {
+        let hit = odd & first[i];
+        hit.select_i(e[i].gt(minus).select_i(one, minus), zero)
+    });
+    (arr8(|i| f[i] + step[i]), arr8(|i| e[i] - (step[i] << sh)))
+}
+
+/// `Σ E²` of 8 integer residuals (exact, see the module doc).
+#[inline(always)]
+fn sum_sq<S: Simd>(e: &[S::I; 8]) -> S::I {
+    let p: [S::I; 8] = arr8(|i| e[i].mul(e[i]));
+    ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]))
+}
+
+/// Lane-wise `VDEC` in integers: input codes in `[0, q)`, output `P̂` in quarter-units.
+#[inline(always)]
+pub(crate) fn vdec_lanes<S: Simd>(c: &[S::I; 8], b: u32) -> [S::I; 8] {
+    let y = [
+        (((c[0] << 1) - c[1]) << 1) + c[7],
+        ((c[1] - c[2]) << 1) + c[7],
+        ((c[2] - c[3]) << 1) + c[7],
+        ((c[3] - c[4]) << 1) + c[7],
+        ((c[4] - c[5]) << 1) + c[7],
+        ((c[5] - c[6]) << 1) + c[7],
+        (c[6] << 1) + c[7],
+        c[7],
+    ];
+    let one = S::I::splat(1);
+    let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
+    let two_q = S::I::splat(2 << b);
+    let sh = b + 2;
+    let fa: [S::I; 8] = arr8(|i| (p[i] + two_q) >> sh);
+    let ea: [S::I; 8] = arr8(|i| p[i] - (fa[i] << sh));
+    let fb: [S::I; 8] = arr8(|i| p[i] >> sh);
+    let eb: [S::I; 8] = arr8(|i| (p[i] - two_q) - (fb[i] << sh));
+    let (fa, ea) = qd8_fix_int::<S>(fa, ea, sh);
+    let (fb, eb) = qd8_fix_int::<S>(fb, eb, sh);
+    let use_b = sum_sq::<S>(&ea).gt(sum_sq::<S>(&eb));
+    arr8(|i| {
+        let k = use_b.select_i((fb[i] << 1) + one, fa[i] << 1);
+        p[i] - (k << (b + 1))
+    })
+}
+
+/// Lane-wise `QD8` in binary32, bit-identical to [`qd8`].
+#[inline(always)]
+fn qd8_lanes<S: Simd>(w: &[S::F; 8]) -> ([S::F; 8], [S::F; 8]) {
+    let f: [S::F; 8] = arr8(|i| w[i].round_even());
+    let e: [S::F; 8] = arr8(|i| w[i] - f[i]);
+    // The f are small integers, so this sum is exact in any order.
+    let s = ((f[0] + f[4]) + (f[2] + f[6])) + ((f[1] + f[5]) + (f[3] + f[7]));
+    let one = S::I::splat(1);
+    let odd = (s.to_int_exact() & one).eq(one);
+    // |e| has no NaN, so the maximum is exact in any order.
+    let first = first_max::<S, S::F>(&arr8(|i| e[i].abs()), S::F::max, S::F::eq);
+    let (zero, plus, minus) = (S::F::splat(0.0), S::F::splat(1.0), S::F::splat(-1.0));
+    let f: [S::F; 8] = arr8(|i| {
+        let step = e[i].ge(zero).select(plus, minus);
+        (odd & first[i]).select(f[i] + step, f[i])
+    });
+    let e = arr8(|i| w[i] - f[i]);
+    (f, e)
+}
+
+/// Lane-wise `QE8` in binary32, bit-identical to [`qe8`]; returns `Y` in half-units.
+#[inline(always)]
+pub(crate) fn qe8_lanes<S: Simd>(z: &[S::F; 8]) -> [S::I; 8] {
+    let (a, ea) = qd8_lanes::<S>(z);
+    let half = S::F::splat(0.5);
+    let w: [S::F; 8] = arr8(|i| z[i] - half);
+    let (b, eb) = qd8_lanes::<S>(&w);
+    let da = fold8_lanes::<S>(&arr8(|i| ea[i] * ea[i]));
+    let db = fold8_lanes::<S>(&arr8(|i| eb[i] * eb[i]));
+    let use_a = da.le(db);
+    let one = S::F::splat(1.0);
+    arr8(|i| {
+        use_a
+            .select(a[i] + a[i], (b[i] + b[i]) + one)
+            .to_int_exact()
+    })
+}
+
+/// Lane-wise position of the codebook point `P = 2Y + 1` (quarter-units) relative to the
+/// Voronoi cell of `qE8`: `(strictly inside, strictly outside)`; a lane in neither is on the
+/// cell's boundary.
+///
+/// This decides the encoder's overload test `VDEC(COORDS(Y)) == 2Y + 1` without `VDEC` except
+/// on the boundary. The relevant vectors of E8 are its 240 roots `r` (`|r|² = 2`), so `p = P/4`
+/// is strictly inside the cell when `<p, r> < q` for every root: then for the coset
+/// representative `p + q·l` that `VDEC` starts from, `l` is the unique nearest point of E8 to
+/// `p/q + l`, which `QE8` (exact on these dyadic values) returns, so `VDEC` gives back `P`. If
+/// `<p, r> > q` for some root, `l` is not a nearest point, `QE8` cannot return it, and `VDEC`
+/// gives another point. In quarter-units the largest `<P, r>` over the roots `±e_i ± e_j` is
+/// the sum of the two largest `|P_i|`, and over `½(±1)^8` with an even number of minus signs
+/// it is `½ Σ|P_i|`, less `|P|_min` when an odd number of the (odd, so nonzero) `P_i` are
+/// negative.
+#[inline(always)]
+pub(crate) fn cell_test<S: Simd>(y: &[S::I; 8], b: u32) -> (S::M, S::M) {
+    let one = S::I::splat(1);
+    let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
+    let a: [S::I; 8] = arr8(|i| p[i].abs());
+    // The two largest |P_i|, by a tournament.
+    let top2 =
+        |(h0, l0): (S::I, S::I), (h1, l1): (S::I, S::I)| (h0.max(h1), h0.min(h1).max(l0.max(l1)));
+    let pair = |i: usize| (a[i].max(a[i + 1]), a[i].min(a[i + 1]));
+    let (h, l) = top2(top2(pair(0), pair(2)), top2(pair(4), pair(6)));
+    let t1 = h + l;
+    let sum = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    let min = (a[0].min(a[4]).min(a[2].min(a[6]))).min(a[1].min(a[5]).min(a[3].min(a[7])));
+    let neg: [S::I; 8] = arr8(|i| p[i] >> 31);
+    let negs = ((neg[0] + neg[4]) + (neg[2] + neg[6])) + ((neg[1] + neg[5]) + (neg[3] + neg[7]));
+    let odd = (negs & one).eq(one);
+    let t2 = sum - odd.select_i(min + min, S::I::splat(0));
+    let (b1, b2) = (S::I::splat(4 << b), S::I::splat(8 << b));
+    let inside = b1.gt(t1) & b2.gt(t2);
+    let outside = t1.gt(b1) | t2.gt(b2);
+    (inside, outside)
+}
+
+/// Lane-wise `COORDS(Y) & (q - 1)`: the code of each lane's block.
+#[inline(always)]
+pub(crate) fn code_lanes<S: Simd>(y: &[S::I; 8], b: u32) -> [S::I; 8] {
+    let c7 = y[7];
+    let c6 = (y[6] - c7) >> 1;
+    let c5 = ((y[5] - c7) >> 1) + c6;
+    let c4 = ((y[4] - c7) >> 1) + c5;
+    let c3 = ((y[3] - c7) >> 1) + c4;
+    let c2 = ((y[2] - c7) >> 1) + c3;
+    let c1 = ((y[1] - c7) >> 1) + c2;
+    let c0 = (((y[0] - c7) >> 1) + c1) >> 1;
+    let m = S::I::splat((1 << b) - 1);
+    [
+        c0 & m,
+        c1 & m,
+        c2 & m,
+        c3 & m,
+        c4 & m,
+        c5 & m,
+        c6 & m,
+        c7 & m,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lanes::L;
+    use super::super::signs::SplitMix64;
+    use super::*;
+
+    fn unif(rng: &mut SplitMix64) -> f32 {
+        (rng.next() >> 40) as f32 / 16_777_216.0
+    }
+
+    fn is_e8(y: &[i32; 8]) -> bool {
+        let par = y[0].rem_euclid(2);
+        if y.iter().any(|v| v.rem_euclid(2) != par) {
+            return false;
+        }
+        // y/2 in D8 (all even: sum of y/2 even) or D8 + 1/2 (all odd: sum of (y-1)/2 even).
+        let s: i32 = y.iter().map(|v| (v - par) / 2).sum();
+        s % 2 == 0
+    }
+
+    fn dist2(z: &[f32; 8], y: &[i32; 8]) -> f64 {
+        z.iter()
+            .zip(y)
+            .map(|(&a, &b)| {
+                let d = f64::from(a) - f64::from(b) / 2.0;
+                d * d
+            })
+            .sum()
+    }
+
+    /// Distance² from z to its nearest E8 point, by brute force over every nearby lattice point.
+    fn brute_nearest(z: &[f32; 8]) -> f64 {
+        let mut best = f64::INFINITY;
+        for par in 0..2 {
+            // Each coordinate of the nearest point is within the covering radius (1) of z's.
+            let cands: Vec<Vec<i32>> = z
+                .iter()
+                .map(|&x| {
+                    let c = (2.0 * f64::from(x)).round() as i32;
+                    (c - 3..=c + 3)
+                        .filter(|&v| v.rem_euclid(2) == par)
+                        .filter(|&v| (f64::from(v) / 2.0 - f64::from(x)).abs() <= 1.0 + 1e-9)
+                        .collect()
+                })
+                .collect();
+            let mut idx = [0usize; 8];
+            loop {
+                let y: [i32; 8] = core::array::from_fn(|i| cands[i][idx[i]]);
+                if is_e8(&y) {
+                    best = best.min(dist2(z, &y));
+                }
+                let mut i = 0;
+                while i < 8 {
+                    idx[i] += 1;
+                    if idx[i] < cands[i].len() {
+                        break;
+                    }
+                    idx[i] = 0;
+                    i += 1;
+                }
+                if i == 8 {
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn qe8_is_nearest_point() {
+        let mut rng = SplitMix64::new(5);
+        for n in 0..400 {
+            let scale = [0.3f32, 1.0, 3.0, 20.0][n % 4];
+            let z: [f32; 8] = core::array::from_fn(|_| (unif(&mut rng) - 0.5) * 2.0 * scale);
+            let y = qe8(&z);
+            assert!(is_e8(&y), "{y:?}");
+            let d = dist2(&z, &y);
+            let b = brute_nearest(&z);
+            assert!(d <= b * (1.0 + 1e-9) + 1e-12, "z={z:?}: got {d}, best {b}");
+        }
+    }
+
+    #[test]
+    fn qe8_ties_follow_the_spec() {
+        // z = 0.5 everywhere: A = 1^8 (even sum, dA = 2.0) vs B = 0^8 + 1/2 (dB = 0).
+        assert_eq!(qe8(&[0.5; 8]), [1; 8]);
+        // A point exactly between 0 and the coset: dA == dB picks A.
+        assert_eq!(qe8(&[0.25; 8]), [0; 8]);
+        // rint rounds halves to even: (0.5, 0.5, 0, …) rounds to 0, not to (1, 1, 0, …).
+        assert_eq!(qe8(&[0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), [0; 8]);
+        assert_eq!(
+            qe8(&[1.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+            [4, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Odd rounded sum: the parity fix moves the *first* of the two largest residuals.
+        assert_eq!(
+            qe8(&[0.4, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9]),
+            [2, 0, 0, 0, 0, 0, 0, 2]
+        );
+    }
+
+    /// VDEC(code) is a point of E8 + ¼ inside the Voronoi cell of qE8 whose lattice part
+    /// re-encodes to `code`, and the integer VDEC agrees with the binary32 one.
+    fn check_code(code: [u8; 8], b: u32) {
+        let p = vdec(&code, b);
+        assert!(
+            p.iter().all(|v| v.rem_euclid(2) == 1),
+            "b={b} {code:?} -> {p:?}"
+        );
+        let y = p.map(|v| (v - 1) / 2);
+        assert!(is_e8(&y), "b={b} code={code:?} -> {y:?}");
+        let back: [u8; 8] = coords(&y).map(|v| (v & ((1 << b) - 1)) as u8);
+        assert_eq!(back, code, "b={b} {y:?}");
+        assert_eq!(vdec_int(&code, b), p, "int VDEC b={b} code={code:?}");
+        // Inside the cell: the nearest point of qE8 to P̂ is the origin.
+        let q = (1u32 << b) as f32;
+        let z = p.map(|v| v as f32 / (4.0 * q));
+        assert_eq!(qe8(&z), [0; 8], "not in the Voronoi cell: b={b} {p:?}");
+    }
+
+    fn code_from_index(idx: u64, b: u32) -> [u8; 8] {
+        core::array::from_fn(|k| ((idx >> (b as usize * k)) & ((1 << b) - 1)) as u8)
+    }
+
+    #[test]
+    fn every_code_round_trips_b1_b2_exhaustive() {
+        for b in 1..=2u32 {
+            for idx in 0..(1u64 << (8 * b)) {
+                check_code(code_from_index(idx, b), b);
+            }
+        }
+    }
+
+    #[test]
+    fn random_codes_round_trip_b3_to_b8() {
+        let mut rng = SplitMix64::new(77);
+        for b in 3..=8u32 {
+            for _ in 0..20_000 {
+                check_code(code_from_index(rng.next(), b), b);
+            }
+        }
+    }
+
+    #[test]
+    fn vdec_int_matches_float_on_edge_codes() {
+        for b in 1..=8u32 {
+            let q = (1u16 << b) - 1;
+            for pattern in 0..256u32 {
+                // Every mix of 0 and q - 1 per coordinate: the corners of the code box.
+                let code: [u8; 8] =
+                    core::array::from_fn(|k| if pattern >> k & 1 == 1 { q as u8 } else { 0 });
+                assert_eq!(vdec_int(&code, b), vdec(&code, b), "b={b} {code:?}");
+            }
+        }
+    }
+
+    fn check_lanes<S: Simd>() {
+        let mut rng = SplitMix64::new(9);
+        for round in 0..2000 {
+            let scale = [0.5f32, 2.0, 8.0, 40.0][round % 4];
+            let z: [[f32; L]; 8] = core::array::from_fn(|_| {
+                core::array::from_fn(|_| (unif(&mut rng) - 0.5) * 2.0 * scale)
+            });
+            let y = qe8_lanes::<S>(&z.map(S::F::from_array)).map(|v| v.to_array());
+            for b in 1..=8u32 {
+                let codes = code_lanes::<S>(&y.map(S::I::from_array), b);
+                let p = vdec_lanes::<S>(&codes, b).map(|v| v.to_array());
+                let codes = codes.map(|v| v.to_array());
+                for l in 0..L {
+                    let zl: [f32; 8] = core::array::from_fn(|i| z[i][l]);
+                    let yl = qe8(&zl);
+                    assert_eq!(core::array::from_fn::<i32, 8, _>(|i| y[i][l]), yl);
+                    let cl: [u8; 8] = coords(&yl).map(|v| (v & ((1 << b) - 1)) as u8);
+                    let got: [u8; 8] = core::array::from_fn(|i| codes[i][l] as u8);
+                    assert_eq!(got, cl);
+                    let got: [i32; 8] = core::array::from_fn(|i| p[i][l]);
+                    assert_eq!(got, vdec(&cl, b));
+                }
+            }
+        }
+    }
+
+    /// The cell test agrees with VDEC wherever it decides, and leaves only boundary points.
+    fn check_cell_test<S: Simd>() {
+        let mut rng = SplitMix64::new(99);
+        let (mut inside, mut outside, mut boundary) = (0, 0, 0);
+        for round in 0..4000 {
+            let b = 1 + (round % 8) as u32;
+            let q = (1 << b) as f32;
+            let z: [[f32; L]; 8] = core::array::from_fn(|_| {
+                core::array::from_fn(|_| (unif(&mut rng) - 0.5) * 1.6 * q)
+            });
+            let y = qe8_lanes::<S>(&z.map(S::F::from_array));
+            let (ins, outs) = cell_test::<S>(&y, b);
+            let codes = code_lanes::<S>(&y, b);
+            let p = vdec_lanes::<S>(&codes, b).map(|v| v.to_array());
+            let y = y.map(|v| v.to_array());
+            for l in 0..L {
+                let exact = (0..8).all(|i| p[i][l] == 2 * y[i][l] + 1);
+                match (ins.get(l), outs.get(l)) {
+                    (true, false) => {
+                        assert!(exact, "inside but overloaded");
+                        inside += 1;
+                    }
+                    (false, true) => {
+                        assert!(!exact, "outside but valid");
+                        outside += 1;
+                    }
+                    (false, false) => boundary += 1,
+                    (true, true) => panic!("inside and outside"),
+                }
+            }
+        }
+        assert!(
+            inside > 1000 && outside > 1000,
+            "{inside} {outside} {boundary}"
+        );
+        // Boundary points exist (so the VDEC fallback is exercised) but are rare.
+        assert!(boundary < (inside + outside) / 20, "{boundary}");
+    }
+
+    #[test]
+    fn cell_test_agrees_with_vdec() {
+        check_cell_test::<Portable>();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            check_cell_test::<super::super::lanes::avx2::Avx2>();
+        }
+    }
+
+    #[test]
+    fn lanes_match_literal() {
+        check_lanes::<Portable>();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            check_lanes::<super::super::lanes::avx2::Avx2>();
+        }
+    }
+}

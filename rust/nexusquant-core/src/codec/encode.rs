@@ -1,0 +1,376 @@
+//! Encoding head-vectors (`docs/codec.md` §6).
+//!
+//! [`encode_vector`] is the spec written out literally, one head-vector at a time: the oracle.
+//! [`encode_rows`] is the batched kernel: [`L`] head-vectors per pass, one per SIMD lane, with
+//! results identical to [`encode_vector`] bit for bit (tested on random and special inputs).
+
+use core::array::from_fn;
+
+use half::f16;
+
+use super::e8::{cell_test, code_lanes, coords, qe8, qe8_lanes, vdec, vdec_lanes};
+use super::element::Element;
+use super::fold::{fold, fold_lanes};
+use super::lanes::{arr8, LaneF, LaneI, LaneM, Simd, L};
+use super::pack::pack;
+use super::params::{CodecError, ALPHA};
+use super::Codec;
+
+/// The scale of a head-vector with a NaN or infinite value: fp16 quiet NaN.
+pub const NAN_SCALE: u16 = 0x7E00;
+
+/// `m` rounded to fp16 (to nearest even), ±Inf saturated to ±65504; with its binary32 value.
+#[inline(always)]
+fn scale_to_fp16(m: f32) -> (u16, f32) {
+    let mut h = f16::from_f32(m);
+    if h.is_infinite() {
+        h = if h.is_sign_negative() {
+            f16::MIN
+        } else {
+            f16::MAX
+        };
+    }
+    (h.to_bits(), h.to_f32())
+}
+
+/// The nearest point of `E8 + ¼` to `z`: its code, its codebook point `P̂` (quarter-units) and
+/// whether that point is the nearest one (`P̂ == 2Y + 1`, no overload).
+fn nearest_shifted(z: &[f32; 8], b: u32) -> ([u8; 8], [i32; 8], bool) {
+    let mask = (1i32 << b) - 1;
+    let y = qe8(&z.map(|x| x - 0.25));
+    let code = coords(&y).map(|c| (c & mask) as u8);
+    let p = vdec(&code, b);
+    let inside = p.iter().zip(&y).all(|(&p, &y)| p == 2 * y + 1);
+    (code, p, inside)
+}
+
+/// One block's code and codebook point `P̂` (quarter-units) for `z`, with the overload retries.
+fn quantize_block(z: &[f32; 8], b: u32) -> ([u8; 8], [i32; 8]) {
+    let (mut code, mut p, inside) = nearest_shifted(z, b);
+    if !inside {
+        for s in 1..=16u8 {
+            let beta = f32::from(16 - s) / 16.0;
+            let inside;
+            (code, p, inside) = nearest_shifted(&z.map(|x| x * beta), b);
+            if inside {
+                break;
+            }
+        }
+    }
+    (code, p)
+}
+
+/// Encodes one head-vector `x` (binary32, `d` values) into `codes_out` (`d·b/8` bytes) and
+/// returns its fp16 scale bits, literally as `docs/codec.md` §6 writes it.
+///
+/// This is the reference implementation; batched calls ([`Codec::encode_into`]) give the same
+/// bytes many times faster.
+///
+/// A head-vector whose squared norm underflows so far that `ss / d` rounds to zero (a finite
+/// `ss > 0` with `rms == 0`) is encoded as a zero vector (scale `+0.0`, zero codes): its scale
+/// would round to fp16 zero anyway, and `A / rms` would otherwise be infinite.
+///
+/// # Errors
+/// [`CodecError::Length`] when `x` or `codes_out` has the wrong length.
+pub fn encode_vector(codec: &Codec, x: &[f32], codes_out: &mut [u8]) -> Result<u16, CodecError> {
+    let p = codec.params();
+    let (d, b) = (p.head_dim(), p.bits());
+    check_len("x", "head_dim", d, x.len())?;
+    check_len(
+        "codes_out",
+        "head_dim·bits/8 bytes",
+        p.code_bytes(),
+        codes_out.len(),
+    )?;
+    codes_out.fill(0);
+    if x.iter().any(|v| !v.is_finite()) {
+        return Ok(NAN_SCALE);
+    }
+    let mut v = x.to_vec();
+    codec.rotation().forward(&mut v);
+    let ss = fold(&v.iter().map(|a| a * a).collect::<Vec<_>>());
+    if !ss.is_finite() {
+        return Ok(NAN_SCALE);
+    }
+    if ss == 0.0 {
+        return Ok(0);
+    }
+    let rms = (ss / d as f32).sqrt();
+    if rms == 0.0 {
+        return Ok(0);
+    }
+    let mut best: Option<(f32, u16, Vec<u8>)> = None;
+    for &alpha in &ALPHA[b as usize - 1] {
+        let u = alpha / rms;
+        let mut codes = vec![0u8; d];
+        let mut yhat = vec![0.0f32; d];
+        for j in 0..d / 8 {
+            let z: [f32; 8] = from_fn(|i| v[8 * j + i] * u);
+            let (code, p) = quantize_block(&z, b);
+            codes[8 * j..8 * j + 8].copy_from_slice(&code);
+            for i in 0..8 {
+                yhat[8 * j + i] = p[i] as f32 * 0.25;
+            }
+        }
+        let num = fold(&v.iter().zip(&yhat).map(|(a, y)| a * y).collect::<Vec<_>>());
+        let den = fold(&yhat.iter().map(|y| y * y).collect::<Vec<_>>());
+        let m = if den == 0.0 { 0.0 } else { num / den };
+        let (mh, mf) = scale_to_fp16(m);
+        let err = fold(
+            &v.iter()
+                .zip(&yhat)
+                .map(|(a, y)| {
+                    let r = a - mf * y;
+                    r * r
+                })
+                .collect::<Vec<_>>(),
+        );
+        if best.as_ref().map_or(true, |(e, _, _)| err < *e) {
+            best = Some((err, mh, codes));
+        }
+    }
+    let (_, mh, codes) = best.expect("three candidates");
+    pack(&codes, b, codes_out);
+    Ok(mh)
+}
+
+pub(crate) fn check_len(
+    name: &'static str,
+    rule: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), CodecError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(CodecError::Length {
+            name,
+            rule,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Working memory of the batched encoder, sized for one head dimension.
+struct Scratch<S: Simd> {
+    /// The rotated vectors, coordinate-major: `v[i]` holds coordinate `i` of each lane.
+    v: Vec<S::F>,
+    /// The current candidate's reconstruction `ŷ = P̂ / 4`.
+    yhat: Vec<S::F>,
+    /// The three candidates' codes, `codes[t · d/8 + j]` for block `j`.
+    codes: Vec<[S::I; 8]>,
+    /// Scratch of `fold_lanes`.
+    fold: Vec<S::F>,
+    /// The group's head-vectors in binary32, row after row.
+    rows: Vec<f32>,
+    /// Each lane's packed codes, `d·b/8 + 8` bytes per lane (8-byte stores may run over).
+    bytes: Vec<u8>,
+}
+
+/// Encodes the rows of `x` (`n·d` values) into `codes` (`n·d·b/8` bytes) and `scales` (`n`),
+/// [`L`] rows at a time. Lengths are the caller's responsibility (checked by
+/// [`Codec::encode_into`]).
+#[inline(always)]
+pub(crate) fn encode_rows<S: Simd, T: Element>(
+    codec: &Codec,
+    x: &[T],
+    codes: &mut [u8],
+    scales: &mut [u16],
+) {
+    let p = codec.params();
+    let (d, cb) = (p.head_dim(), p.code_bytes());
+    let zero = S::F::splat(0.0);
+    let mut s = Scratch::<S> {
+        v: vec![zero; d],
+        yhat: vec![zero; d],
+        codes: vec![[S::I::splat(0); 8]; 3 * d / 8],
+        fold: vec![zero; d.next_power_of_two() / 2],
+        rows: vec![0.0; L * d],
+        bytes: vec![0; L * (cb + 8)],
+    };
+    for ((xg, cg), sg) in x
+        .chunks(L * d)
+        .zip(codes.chunks_mut(L * cb))
+        .zip(scales.chunks_mut(L))
+    {
+        encode_group::<S, T>(codec, xg, cg, sg, &mut s);
+    }
+}
+
+/// Lane-wise [`nearest_shifted`]: codes, `P = 2Y + 1` (equal to `P̂` in the lanes whose point
+/// is inside the cell), and those lanes.
+#[inline(always)]
+fn nearest_shifted_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> ([S::I; 8], [S::I; 8], S::M) {
+    let quarter = S::F::splat(0.25);
+    let y = qe8_lanes::<S>(&arr8(|i| z[i] - quarter));
+    let code = code_lanes::<S>(&y, b);
+    let one = S::I::splat(1);
+    let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
+    let (mut inside, outside) = cell_test::<S>(&y, b);
+    let boundary = (inside | outside).not();
+    if boundary.any() {
+        // Rare: decide literally, P̂ = VDEC(code) against 2Y + 1.
+        let h = vdec_lanes::<S>(&code, b);
+        let ok: [S::M; 8] = arr8(|i| h[i].eq(p[i]));
+        let exact = ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]));
+        inside = inside | (boundary & exact);
+    }
+    (code, p, inside)
+}
+
+/// The overload retries of §6 step 4 for the lanes in `over`, all lanes in step: each pending
+/// lane takes the result of every `s` until its first valid one.
+#[inline(always)]
+fn retry_lanes<S: Simd>(
+    z: &[S::F; 8],
+    over: S::M,
+    b: u32,
+    code: &mut [S::I; 8],
+    p: &mut [S::I; 8],
+) {
+    let mut pending = over;
+    for s in 1..=16u8 {
+        let beta = S::F::splat(f32::from(16 - s) / 16.0);
+        let (c, h, inside) = nearest_shifted_lanes::<S>(&arr8(|i| z[i] * beta), b);
+        *code = arr8(|i| pending.select_i(c[i], code[i]));
+        *p = arr8(|i| pending.select_i(h[i], p[i]));
+        pending = pending.and_not(inside);
+        if !pending.any() {
+            return;
+        }
+    }
+}
+
+/// Encodes up to [`L`] rows (`scales.len()` of them).
+#[inline(always)]
+fn encode_group<S: Simd, T: Element>(
+    codec: &Codec,
+    x: &[T],
+    codes: &mut [u8],
+    scales: &mut [u16],
+    s: &mut Scratch<S>,
+) {
+    let p = codec.params();
+    let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
+    let nb = d / 8;
+    let n = scales.len();
+    let zero = S::F::splat(0.0);
+
+    // Step 1: widen to binary32 and transpose into lanes; note non-finite rows.
+    for (l, row) in s.rows.chunks_exact_mut(d).enumerate() {
+        if l < n {
+            T::load(&x[l * d..(l + 1) * d], row);
+        } else {
+            row.fill(0.0);
+        }
+    }
+    let mut finite = S::M::splat(true);
+    for k in 0..nb {
+        let r: [S::F; 8] = arr8(|l| {
+            let at = l * d + 8 * k;
+            S::F::from_array(s.rows[at..at + 8].try_into().expect("8 values"))
+        });
+        let t = S::transpose(r);
+        for i in 0..8 {
+            finite = finite & t[i].is_finite();
+            s.v[8 * k + i] = t[i];
+        }
+    }
+
+    // Steps 2-3: rotate, squared norm, rms. Special lanes are zeroed so that every lane
+    // computes on finite values; their results are replaced at the end.
+    codec.rotation().forward_lanes::<S>(&mut s.v);
+    let v = &s.v;
+    let ss = fold_lanes::<S>(d, |i| v[i] * v[i], &mut s.fold);
+    let rms = ss.div(S::F::splat(d as f32)).sqrt();
+    let nan = finite.not() | ss.is_finite().not();
+    let zero_vec = (ss.eq(zero) | rms.eq(zero)).and_not(nan);
+    let special = nan | zero_vec;
+    let rms = if special.any() {
+        for vi in s.v.iter_mut() {
+            *vi = special.select(zero, *vi);
+        }
+        special.select(S::F::splat(1.0), rms)
+    } else {
+        rms
+    };
+
+    // Step 4: three candidate clipping factors.
+    let quarter = S::F::splat(0.25);
+    let mut best_err = zero;
+    let mut best_t = S::I::splat(0);
+    let mut best_mh = [0u16; L];
+    for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
+        let u = S::F::splat(alpha).div(rms);
+        for j in 0..nb {
+            let z: [S::F; 8] = arr8(|i| s.v[8 * j + i] * u);
+            let (mut code, mut p, inside) = nearest_shifted_lanes::<S>(&z, b);
+            if inside.not().any() {
+                retry_lanes::<S>(&z, inside.not(), b, &mut code, &mut p);
+            }
+            s.codes[t * nb + j] = code;
+            for i in 0..8 {
+                s.yhat[8 * j + i] = p[i].to_f32() * quarter;
+            }
+        }
+        let (v, yhat) = (&s.v, &s.yhat);
+        let num = fold_lanes::<S>(d, |i| v[i] * yhat[i], &mut s.fold);
+        let den = fold_lanes::<S>(d, |i| yhat[i] * yhat[i], &mut s.fold);
+        let m = den.eq(zero).select(zero, num.div(den)).to_array();
+        let mut mh = [0u16; L];
+        let mut mf = [0f32; L];
+        for l in 0..L {
+            (mh[l], mf[l]) = scale_to_fp16(m[l]);
+        }
+        let mf = S::F::from_array(mf);
+        let err = fold_lanes::<S>(
+            d,
+            |i| {
+                let r = v[i] - mf * yhat[i];
+                r * r
+            },
+            &mut s.fold,
+        );
+        let better = if t == 0 {
+            S::M::splat(true)
+        } else {
+            err.lt(best_err)
+        };
+        best_err = better.select(err, best_err);
+        best_t = better.select_i(S::I::splat(t as i32), best_t);
+        for (l, h) in best_mh.iter_mut().enumerate() {
+            if better.get(l) {
+                *h = mh[l];
+            }
+        }
+    }
+
+    // Step 5: pack the kept candidate's codes of every lane. Codes 0-3 and 4-7 of a block each
+    // fit in 32 bits (4·b <= 32).
+    let (is1, is2) = (best_t.eq(S::I::splat(1)), best_t.eq(S::I::splat(2)));
+    let stride = cb + 8;
+    let half_bits = 4 * b;
+    for j in 0..nb {
+        let (c0, c1, c2) = (&s.codes[j], &s.codes[nb + j], &s.codes[2 * nb + j]);
+        let c: [S::I; 8] = arr8(|k| is2.select_i(c2[k], is1.select_i(c1[k], c0[k])));
+        let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
+        let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
+        let (lo, hi) = (lo.to_array(), hi.to_array());
+        let at = j * b as usize;
+        for l in 0..n {
+            let w = u64::from(lo[l] as u32) | (u64::from(hi[l] as u32) << half_bits);
+            s.bytes[l * stride + at..l * stride + at + 8].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    for l in 0..n {
+        let row = &mut codes[l * cb..(l + 1) * cb];
+        if special.get(l) {
+            row.fill(0);
+            scales[l] = if nan.get(l) { NAN_SCALE } else { 0 };
+        } else {
+            row.copy_from_slice(&s.bytes[l * stride..l * stride + cb]);
+            scales[l] = best_mh[l];
+        }
+    }
+}

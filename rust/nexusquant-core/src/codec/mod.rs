@@ -1,0 +1,259 @@
+//! The E8 lattice codec, version 1 (`e8v1`), exactly as `docs/codec.md` specifies it.
+//!
+//! A head-vector of `d` values is rotated by a randomized Hadamard transform ([`rotation`]),
+//! scaled by one fp16 factor and coded block by block (8 values) on the E8 lattice as a Voronoi
+//! code of `E8 / 2^b E8` ([`e8`]): exactly `b` bits per value, packed LSB-first ([`pack`]), plus
+//! 16 bits per head-vector for the scale.
+//!
+//! Entry points:
+//! - [`encode_into`] / [`decode_into`] (or the same methods of a reusable [`Codec`]): batched
+//!   over `N` head-vectors stored row after row, multi-threaded, for `f32`, `f16` and `bf16`.
+//! - [`encode_vector`] / [`decode_vector`]: one head-vector, the spec written out literally
+//!   (the oracle the batched kernels are tested against).
+//! - [`scalar_roundtrip`]: the scalar baseline, for benchmarks and evaluation.
+//!
+//! ```
+//! use nexusquant_core::codec::{decode_into, encode_into, CodecParams, Threads};
+//! let p = CodecParams::new(128, 3, 0x1234)?;
+//! let x: Vec<f32> = (0..4 * 128).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+//! let mut codes = vec![0u8; 4 * p.code_bytes()];
+//! let mut scales = vec![0u16; 4];
+//! encode_into(&p, &x, &mut codes, &mut scales, Threads::All)?;
+//! let mut y = vec![0f32; x.len()];
+//! decode_into(&p, &codes, &scales, &mut y, Threads::Count(1))?;
+//! # Ok::<(), nexusquant_core::codec::CodecError>(())
+//! ```
+
+pub mod decode;
+pub mod e8;
+pub mod element;
+pub mod encode;
+pub mod fold;
+mod kernel;
+mod lanes;
+pub mod pack;
+pub mod params;
+pub mod rotation;
+pub mod scalar;
+pub mod signs;
+pub mod threads;
+
+use rayon::prelude::*;
+
+pub use decode::decode_vector;
+pub use element::Element;
+pub use encode::{encode_vector, NAN_SCALE};
+pub use kernel::simd_level;
+pub use params::{CodecError, CodecParams};
+pub use rotation::Rotation;
+pub use threads::{Threads, MAX_THREADS};
+
+use encode::check_len;
+use lanes::L;
+use threads::Runner;
+
+/// The codec for one set of parameters, with its rotation precomputed. Cheap to build; reuse
+/// it across calls with the same parameters.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    params: CodecParams,
+    rotation: Rotation,
+}
+
+impl Codec {
+    /// The codec for validated parameters.
+    pub fn new(params: CodecParams) -> Self {
+        Self {
+            rotation: Rotation::new(params.head_dim(), params.seed()),
+            params,
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &CodecParams {
+        &self.params
+    }
+
+    /// The rotation `R`.
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
+    }
+
+    /// Encodes `N = x.len() / d` head-vectors stored row after row in `x` into `codes_out`
+    /// (`N·d·b/8` bytes, row after row) and `scales_out` (`N` fp16 bit patterns).
+    ///
+    /// Results are bit-identical to [`encode_vector`] on each row (after widening to binary32),
+    /// whatever the thread count. A row with a NaN or infinite value gets scale
+    /// [`NAN_SCALE`] and zero codes; other rows are unaffected.
+    ///
+    /// # Errors
+    /// [`CodecError::PartialVector`] when `x.len()` is not a multiple of `d`,
+    /// [`CodecError::Length`] when an output has the wrong length, [`CodecError::Threads`] or
+    /// [`CodecError::ThreadPool`] for the thread choice.
+    pub fn encode_into<T: Element>(
+        &self,
+        x: &[T],
+        codes_out: &mut [u8],
+        scales_out: &mut [u16],
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let n = rows("x", x.len(), d)?;
+        check_len(
+            "codes_out",
+            "N × head_dim·bits/8 bytes",
+            n * cb,
+            codes_out.len(),
+        )?;
+        check_len(
+            "scales_out",
+            "N, one fp16 scale per head-vector",
+            n,
+            scales_out.len(),
+        )?;
+        let runner = Runner::new(threads)?;
+        if runner.is_inline() || n <= L {
+            kernel::encode_rows(self, x, codes_out, scales_out);
+            return Ok(());
+        }
+        let chunk = chunk_rows(n, runner.threads());
+        runner.install(|| {
+            x.par_chunks(chunk * d)
+                .zip(codes_out.par_chunks_mut(chunk * cb))
+                .zip(scales_out.par_chunks_mut(chunk))
+                .for_each(|((x, c), sc)| kernel::encode_rows(self, x, c, sc));
+        });
+        Ok(())
+    }
+
+    /// Decodes `N = out.len() / d` head-vectors from `codes` (`N·d·b/8` bytes) and `scales`
+    /// (`N` fp16 bit patterns) into `out`, row after row, rounding to `T` (nearest even).
+    ///
+    /// Bit-identical to [`decode_vector`] on each row followed by the rounding to `T`. A NaN
+    /// scale gives a row of `T::NAN`.
+    ///
+    /// # Errors
+    /// [`CodecError::PartialVector`] when `out.len()` is not a multiple of `d`,
+    /// [`CodecError::Length`] when an input has the wrong length, [`CodecError::Threads`] or
+    /// [`CodecError::ThreadPool`] for the thread choice.
+    pub fn decode_into<T: Element>(
+        &self,
+        codes: &[u8],
+        scales: &[u16],
+        out: &mut [T],
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let n = rows("out", out.len(), d)?;
+        check_len("codes", "N × head_dim·bits/8 bytes", n * cb, codes.len())?;
+        check_len(
+            "scales",
+            "N, one fp16 scale per head-vector",
+            n,
+            scales.len(),
+        )?;
+        let runner = Runner::new(threads)?;
+        if runner.is_inline() || n <= L {
+            kernel::decode_rows(self, codes, scales, out);
+            return Ok(());
+        }
+        let chunk = chunk_rows(n, runner.threads());
+        runner.install(|| {
+            codes
+                .par_chunks(chunk * cb)
+                .zip(scales.par_chunks(chunk))
+                .zip(out.par_chunks_mut(chunk * d))
+                .for_each(|((c, sc), o)| kernel::decode_rows(self, c, sc, o));
+        });
+        Ok(())
+    }
+
+    /// The scalar baseline ([`scalar`]): encodes and decodes the rows of `x` into `out`.
+    ///
+    /// # Errors
+    /// [`CodecError::PartialVector`] when `x.len()` is not a multiple of `d`,
+    /// [`CodecError::Length`] when `out.len() != x.len()`, [`CodecError::Threads`] or
+    /// [`CodecError::ThreadPool`] for the thread choice.
+    pub fn scalar_roundtrip(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let d = self.params.head_dim();
+        let n = rows("x", x.len(), d)?;
+        check_len("out", "N × head_dim, the shape of x", x.len(), out.len())?;
+        let runner = Runner::new(threads)?;
+        if runner.is_inline() || n <= L {
+            kernel::scalar_rows(self, x, out);
+            return Ok(());
+        }
+        let chunk = chunk_rows(n, runner.threads());
+        runner.install(|| {
+            x.par_chunks(chunk * d)
+                .zip(out.par_chunks_mut(chunk * d))
+                .for_each(|(x, o)| kernel::scalar_rows(self, x, o));
+        });
+        Ok(())
+    }
+}
+
+/// The number of head-vectors in a flat buffer of `len` values.
+fn rows(name: &'static str, len: usize, d: usize) -> Result<usize, CodecError> {
+    if len % d == 0 {
+        Ok(len / d)
+    } else {
+        Err(CodecError::PartialVector {
+            name,
+            head_dim: d,
+            got: len,
+        })
+    }
+}
+
+/// Rows per parallel task: about four tasks per thread, a multiple of the lane count, at most
+/// 1024 rows.
+fn chunk_rows(n: usize, threads: usize) -> usize {
+    n.div_ceil(4 * threads).next_multiple_of(L).clamp(L, 1024)
+}
+
+/// Encodes the rows of `x` (see [`Codec::encode_into`]).
+///
+/// # Errors
+/// As [`Codec::encode_into`].
+pub fn encode_into<T: Element>(
+    params: &CodecParams,
+    x: &[T],
+    codes_out: &mut [u8],
+    scales_out: &mut [u16],
+    threads: Threads,
+) -> Result<(), CodecError> {
+    Codec::new(*params).encode_into(x, codes_out, scales_out, threads)
+}
+
+/// Decodes rows into `out` (see [`Codec::decode_into`]).
+///
+/// # Errors
+/// As [`Codec::decode_into`].
+pub fn decode_into<T: Element>(
+    params: &CodecParams,
+    codes: &[u8],
+    scales: &[u16],
+    out: &mut [T],
+    threads: Threads,
+) -> Result<(), CodecError> {
+    Codec::new(*params).decode_into(codes, scales, out, threads)
+}
+
+/// The scalar baseline's encode + decode of the rows of `x` (see [`Codec::scalar_roundtrip`]).
+///
+/// # Errors
+/// As [`Codec::scalar_roundtrip`].
+pub fn scalar_roundtrip(
+    params: &CodecParams,
+    x: &[f32],
+    out: &mut [f32],
+    threads: Threads,
+) -> Result<(), CodecError> {
+    Codec::new(*params).scalar_roundtrip(x, out, threads)
+}
