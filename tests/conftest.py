@@ -3,10 +3,12 @@ model hub), hypothesis profiles, and the ``gpu`` marker's skip.
 
 Model factories (also usable directly: ``from conftest import make_tiny_llama``):
 
-* :func:`make_tiny_llama` - a Llama (or, with ``sliding_window``, a Mistral: Llama plus a sliding
+* :func:`make_tiny_llama_config` / :func:`make_tiny_llama` - a Llama (or, with ``sliding_window``, a Mistral: Llama plus a sliding
   window on every layer) with any head_dim / head counts / layer count / dtype;
 * :func:`make_tiny_gemma2` - a Gemma-2 style model whose layers alternate sliding-window and full
-  attention (``config.layer_types``).
+  attention (``config.layer_types``);
+* :func:`make_char_tokenizer` - a character-level tokenizer with a chat template, for the tiny
+  models' vocabulary.
 
 Both return a model in eval mode whose generation config never stops early (no EOS) and pads
 with token 0. Weights are random with a fixed seed and a large init scale, so that greedy
@@ -91,6 +93,38 @@ def _finish(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+def make_tiny_llama_config(
+    head_dim: int = 64,
+    num_kv_heads: int = 2,
+    num_heads: int = 4,
+    layers: int = 2,
+    sliding_window: int | None = None,
+    *,
+    hidden_size: int = 64,
+):
+    """The config :func:`make_tiny_llama` builds its model from: a ``LlamaConfig``, or a
+    ``MistralConfig`` (Llama plus a sliding window on every layer) when ``sliding_window`` is set."""
+    from transformers import LlamaConfig, MistralConfig
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=2048,
+        initializer_range=0.2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if sliding_window is None:
+        return LlamaConfig(**common)
+    return MistralConfig(**common, sliding_window=sliding_window)
+
+
 def make_tiny_llama(
     head_dim: int = 64,
     num_kv_heads: int = 2,
@@ -114,27 +148,13 @@ def make_tiny_llama(
         hidden_size: model width (independent of head_dim).
         seed: torch seed for the weights.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import LlamaForCausalLM, MistralForCausalLM
 
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=2048,
-        initializer_range=0.1,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+    config = make_tiny_llama_config(
+        head_dim, num_kv_heads, num_heads, layers, sliding_window, hidden_size=hidden_size
     )
     torch.manual_seed(seed)
-    if sliding_window is None:
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = MistralForCausalLM(MistralConfig(**common, sliding_window=sliding_window))
+    model = (LlamaForCausalLM if sliding_window is None else MistralForCausalLM)(config)
     return _finish(model, dtype)
 
 
@@ -163,12 +183,35 @@ def make_tiny_gemma2(
         head_dim=head_dim,
         sliding_window=sliding_window,
         max_position_embeddings=2048,
-        initializer_range=0.1,
+        initializer_range=0.2,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
     )
     return _finish(Gemma2ForCausalLM(config), dtype)
+
+
+def make_char_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` built in code (no download): printable ASCII
+    and newline map to ids below :data:`VOCAB`, 0 pads, 1/2 are BOS/EOS; it has a ChatML chat
+    template, so chat prompts work with the tiny models."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({ch: i + 4 for i, ch in enumerate(chars)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    template = (
+        "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>", chat_template=template,
+    )
 
 
 def random_prompt(length: int, seed: int) -> torch.Tensor:
@@ -186,6 +229,16 @@ def left_pad(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor
         ids[r, width - p.shape[1]:] = p[0]
         mask[r, width - p.shape[1]:] = 1
     return ids, mask
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run the test with one torch thread (tiny models run several times faster that way on a
+    loaded machine); the previous count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

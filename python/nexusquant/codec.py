@@ -142,6 +142,7 @@ def _choose_backend(device: torch.device, backend: Backend | None) -> Backend:
 
 def _np_view(t: torch.Tensor) -> np.ndarray:
     """Zero-copy numpy view of a contiguous CPU tensor (16-bit floats as uint16 bit patterns)."""
+    t = t.detach()
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.view(torch.int16)
     a = t.numpy()

@@ -5,7 +5,9 @@ Two layers live here:
 * Low-level ``.nqkv`` file I/O (the format is specified in ``docs/format.md``):
   :func:`write_nqkv`, :func:`read_nqkv`, :func:`inspect_nqkv`, :func:`nqkv_to_bytes` and
   :func:`nqkv_from_bytes`, on :class:`LayerRecord` objects that hold one layer's codec
-  parameters and numpy arrays.
+  parameters and numpy arrays; :func:`inspect_cli` is ``nexusquant inspect FILE [--verify]
+  [--json]`` (text by :func:`format_inspect`). Whole caches are saved and loaded by
+  :mod:`nexusquant.cache.persist`.
 * Stores of serialized caches keyed by token-id prefixes, with longest-prefix lookup and LRU
   eviction within a byte budget: :class:`HostStore` (host RAM) and :class:`DiskStore`
   (a directory, written in the background, found again after a restart).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -35,6 +38,8 @@ __all__ = [
     "write_nqkv",
     "read_nqkv",
     "inspect_nqkv",
+    "format_inspect",
+    "inspect_cli",
     "nqkv_to_bytes",
     "nqkv_from_bytes",
     "HostStore",
@@ -319,17 +324,25 @@ def read_nqkv(path: str | os.PathLike[str], *, mmap: bool = True) -> tuple[dict[
     return nqkv_from_bytes(_load(path, mmap))
 
 
-def inspect_nqkv(path: str | os.PathLike[str]) -> dict[str, Any]:
+def inspect_nqkv(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
     """A summary of a ``.nqkv`` file: version, metadata, layers, bytes by component and the
     checksum status of every chunk.
 
     A damaged chunk is reported (``chunks[i]["ok"] is False``, listed in ``corrupt_chunks``),
     never raised; only a broken structure (header, section table, layer table, metadata)
     raises a :class:`nexusquant.errors.FormatError` subclass, since nothing can be located.
+    With ``verify=False`` the data sections are not read: their ``crc_computed`` and ``ok``
+    (and the summary's ``ok``) are ``None``.
     """
     buf = _load(path, True)
     parsed = _core.parse_nqkv(buf, False)
-    status = {i: (stored, computed) for i, stored, computed in _core.check_nqkv_chunks(buf)}
+    if verify:
+        status = {i: (stored, computed) for i, stored, computed in _core.check_nqkv_chunks(buf)}
+    else:
+        status = {
+            i: (crc, None) for i, (kind, *_, crc) in enumerate(parsed["sections"])
+            if kind not in ("metadata", "layer_table", "aux_directory")
+        }
     sections = parsed["sections"]
     by_component: dict[str, int] = {"header": 64, "section_table": 40 * len(sections)}
     chunks = []
@@ -352,7 +365,7 @@ def inspect_nqkv(path: str | os.PathLike[str]) -> dict[str, Any]:
                     "length": length,
                     "crc_stored": stored,
                     "crc_computed": computed,
-                    "ok": stored == computed,
+                    "ok": None if computed is None else stored == computed,
                 }
             )
     by_component["padding"] = parsed["file_len"] - used
@@ -362,7 +375,7 @@ def inspect_nqkv(path: str | os.PathLike[str]) -> dict[str, Any]:
         del d["components"]
         d["aux"] = {name: {"dtype": dt, "shape": list(shape)} for name, dt, shape, _, _ in d["aux"]}
         layers.append(d)
-    corrupt = [c for c in chunks if not c["ok"]]
+    corrupt = [c for c in chunks if c["ok"] is False]
     major, minor = parsed["version"]
     return {
         "path": os.fspath(path),
@@ -381,8 +394,80 @@ def inspect_nqkv(path: str | os.PathLike[str]) -> dict[str, Any]:
         "bytes_by_component": by_component,
         "chunks": chunks,
         "corrupt_chunks": corrupt,
-        "ok": not corrupt,
+        "ok": not corrupt if verify else None,
     }
+
+
+def format_inspect(info: dict[str, Any], *, metadata_chars: int = 400) -> str:
+    """Human-readable text of an :func:`inspect_nqkv` summary: header, metadata (compact JSON,
+    cut after ``metadata_chars`` characters), one line per layer, bytes by component (share of
+    the file) and the checksum status (every damaged chunk named)."""
+    h = info["header"]
+    lines = [
+        f"{info['path']}: .nqkv {info['version']}, {info['file_bytes']:,} bytes, "
+        f"{h['layer_count']} layers, {h['section_count']} sections",
+    ]
+    meta = json.dumps(info["metadata"], ensure_ascii=False, separators=(",", ":"))
+    if len(meta) > metadata_chars:
+        meta = f"{meta[:metadata_chars]}... ({len(meta):,} characters; --json prints all)"
+    lines.append(f"metadata: {meta}")
+    lines.append("layers:")
+    lines.append(
+        f"  {'#':>4}  {'type':<8}{'codec':<6}{'batch':>6}{'heads':>6}{'dim':>5}  {'bits':<5}"
+        f"{'raw':<9}{'sink':>6}{'coded':>9}{'window':>8}  aux"
+    )
+    for i, d in enumerate(info["layers"]):
+        kind = d["layer_type"] if d["layer_type"] == "full" else f"slide{d['sliding_window']}"
+        aux = " ".join(
+            f"{name}{list(a['shape'])}:{a['dtype']}" for name, a in d["aux"].items()
+        ) or "-"
+        lines.append(
+            f"  {i:>4}  {kind:<8}{d['codec']:<6}{d['batch']:>6}{d['num_kv_heads']:>6}{d['head_dim']:>5}  "
+            f"K{d['key_bits']}V{d['value_bits']:<2}{d['raw_dtype']:<9}{d['n_sink']:>6}"
+            f"{d['n_compressed']:>9}{d['n_window']:>8}  {aux}"
+        )
+    lines.append("bytes by component:")
+    total = info["file_bytes"] or 1
+    for name, nbytes in info["bytes_by_component"].items():
+        lines.append(f"  {name:<15}{nbytes:>15,} B {100 * nbytes / total:>7.2f} %")
+    lines.append(f"  {'file':<15}{info['file_bytes']:>15,} B")
+    chunks = info["chunks"]
+    if info["ok"] is None:
+        lines.append(f"checksums: {len(chunks)} data sections not verified (--verify checks them)")
+    elif info["ok"]:
+        lines.append(f"checksums: {len(chunks)} data sections verified, all OK")
+    else:
+        bad = info["corrupt_chunks"]
+        lines.append(f"checksums: {len(bad)} of {len(chunks)} data sections DAMAGED:")
+        for c in bad:
+            where = (f"layer {c['layer']} {c['component']} chunk {c['index']} (tokens {c['tokens']})"
+                     if c["kind"] == "chunk" else f"layer {c['layer']} {c['kind']} {c['index']}")
+            lines.append(
+                f"  section {c['section']}: {where} at offset {c['offset']:,}, {c['length']:,} B: "
+                f"stored crc {c['crc_stored']:#010x}, computed {c['crc_computed']:#010x}"
+            )
+    return "\n".join(lines)
+
+
+def inspect_cli(args: Any) -> int:
+    """``nexusquant inspect FILE [--verify] [--json]``: print :func:`format_inspect` (or, with
+    ``--json``, the :func:`inspect_nqkv` summary as JSON, the magic as hex).
+
+    Returns the exit status: 0, or 1 when ``--verify`` finds a damaged chunk, or 2 when the
+    file cannot be read. A broken structure raises a :class:`nexusquant.errors.FormatError`
+    subclass (the command prints it and exits 2).
+    """
+    try:
+        info = inspect_nqkv(args.path, verify=args.verify)
+    except OSError as e:
+        print(f"nexusquant inspect: error: cannot read {args.path!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if args.json:
+        doc = dict(info, header=dict(info["header"], magic=info["header"]["magic"].hex()))
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print(format_inspect(info))
+    return 1 if info["ok"] is False else 0
 
 
 def _token_ids(token_ids: Any) -> np.ndarray:

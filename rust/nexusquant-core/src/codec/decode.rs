@@ -137,8 +137,8 @@ fn decode_group<S: Simd, T: Element>(
             (word >> (b * k as u32)) & mask
         });
         let p = vdec_lanes::<S>(&c, b);
-        for i in 0..8 {
-            s.v[8 * j + i] = (p[i].to_f32() * quarter) * mf;
+        for (v, p) in s.v[8 * j..8 * j + 8].iter_mut().zip(&p) {
+            *v = (p.to_f32() * quarter) * mf;
         }
     }
     codec.rotation().inverse_lanes::<S>(&mut s.v);
@@ -146,8 +146,8 @@ fn decode_group<S: Simd, T: Element>(
     for k in 0..d / 8 {
         let r: [S::F; 8] = arr8(|i| s.v[8 * k + i]);
         let t = S::transpose(r);
-        for l in 0..8 {
-            s.rows[l * d + 8 * k..l * d + 8 * k + 8].copy_from_slice(&t[l].to_array());
+        for (l, t) in t.iter().enumerate() {
+            s.rows[l * d + 8 * k..l * d + 8 * k + 8].copy_from_slice(&t.to_array());
         }
     }
     for l in 0..n {

@@ -272,9 +272,9 @@ fn encode_group<S: Simd, T: Element>(
             S::F::from_array(s.rows[at..at + 8].try_into().expect("8 values"))
         });
         let t = S::transpose(r);
-        for i in 0..8 {
-            finite = finite & t[i].is_finite();
-            s.v[8 * k + i] = t[i];
+        for (v, t) in s.v[8 * k..8 * k + 8].iter_mut().zip(t) {
+            finite = finite & t.is_finite();
+            *v = t;
         }
     }
 
@@ -310,8 +310,8 @@ fn encode_group<S: Simd, T: Element>(
                 retry_lanes::<S>(&z, inside.not(), b, &mut code, &mut p);
             }
             s.codes[t * nb + j] = code;
-            for i in 0..8 {
-                s.yhat[8 * j + i] = p[i].to_f32() * quarter;
+            for (y, p) in s.yhat[8 * j..8 * j + 8].iter_mut().zip(&p) {
+                *y = p.to_f32() * quarter;
             }
         }
         let (v, yhat) = (&s.v, &s.yhat);

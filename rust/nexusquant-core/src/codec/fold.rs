@@ -11,7 +11,7 @@ pub fn fold(a: &[f32]) -> f32 {
     while n2 > 1 {
         n2 /= 2;
         for i in 0..n2 {
-            buf[i] = buf[i] + buf[i + n2];
+            buf[i] += buf[i + n2];
         }
     }
     buf[0]

@@ -311,8 +311,8 @@ mod avx2_tests {
         let x = Avx2::transpose(rows.map(<Avx2 as Simd>::F::from_array));
         for i in 0..8 {
             assert_eq!(p[i].to_array(), x[i].to_array());
-            for l in 0..L {
-                assert_eq!(p[i].to_array()[l], rows[l][i]);
+            for (l, row) in rows.iter().enumerate().take(L) {
+                assert_eq!(p[i].to_array()[l], row[i], "lane {l}");
             }
         }
     }

@@ -1,0 +1,561 @@
+"""One full-attention decoder layer's compressed KV cache.
+
+Storage of one layer (B rows, H KV heads, d = head_dim; ``S`` = ``sink_tokens``)::
+
+    row r's real tokens, oldest first:   [ sinks | coded ...................... | window ]
+                                           s_r     c_r                            w_r
+
+    sink_keys / sink_values     (B, H, S, d)            model dtype   the first min(S, n_r) tokens
+    key_codes / value_codes     (B, H, Cc, d*bits/8)    uint8         slots [0, c_r) of row r
+    key_scales / value_scales   (B, H, Cc)              float16       one per coded head-vector
+    window_keys / window_values (B, H, Cw, d)           model dtype   slots [0, w_r) of row r
+    lengths                     (B, 3)                  int32 (CPU)   [s_r, c_r, w_r]
+
+Only a row's *real* tokens are stored: left padding is never stored, so a row holds exactly what
+running it alone would hold (block boundaries are counted per row). Keys are stored as
+transformers hands them over, i.e. after RoPE. A token enters the sinks while they are not full,
+the window otherwise; when a row's window reaches ``window + block`` tokens its oldest tokens are
+coded, a whole number of blocks at a time, and those codes are never touched again (multi-turn
+reuse re-quantizes nothing). With ``quantize=False`` nothing is ever coded: the window grows
+without bound and holds the model's tensors exactly.
+
+Attention (CPU path): :meth:`NexusQuantLayer.update` materialises the layer's keys and values as
+``(B, H, T, d)`` tensors of the model dtype, ``T`` being the padded sequence length that
+``DynamicCache`` would hold: row r's ``n_r`` tokens are right-aligned (they end at ``T``, which puts
+every token back at its absolute position under left padding) and the pad slots are zeros, which
+the model's own mask hides. The tensors are transient: peak memory is the compressed cache plus one
+layer's uncompressed K/V. Tokens of the current forward are returned exactly, even those coded
+during it (a prompt attends to itself exactly; the codes serve every later forward).
+:meth:`NexusQuantLayer.packed_view` exposes the raw storage for a fused kernel.
+
+Buffers grow geometrically (by an eighth, at least :data:`GROWTH_MIN_TOKENS` tokens); the first
+allocation is exact. Capacity slack is reported as allocated-but-unused bytes.
+
+Extension points for token eviction (implemented by ``nexusquant.eviction.layer.EvictableLayer``,
+a subclass): every buffer is ``(B, H, capacity, ...)`` with per-row counts shared by the heads of
+a row, so removing tokens is a per-row gather along dim 2 of a component (codes and scales move
+whole, nothing is re-quantized; the same count in every head) followed by new ``lengths``.
+Materialisation stays right-aligned, so after eviction ``cumulative_length`` is the longest row's
+stored count: a subclass reports the absolute length from ``get_seq_length`` and the compacted
+one from ``get_mask_sizes``, and a forward pre-hook rewrites the 2-D ``attention_mask`` keyword
+to the compacted left-padded layout (passing it on with ``NexusQuantCache.set_attention_mask``)
+while ``position_ids`` keep the true positions (the stored keys already carry their RoPE).
+``held_tensors``/``used_bytes``/``baseline_elements`` are what ``memory_report`` reads, so a
+subclass holding more tensors (e.g. attention scores) extends them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import codec
+from .._hf import CacheLayerMixin
+from ..codec import Backend
+from ..errors import InvalidArgumentError, ShapeError
+
+#: Codec backend used by the cache (``None``: the codec's default for the tensors' device, i.e.
+#: the Rust core on CPU and the CUDA kernels on GPU; ``"reference"``: the pure-torch oracle).
+CODEC_BACKEND: Backend | None = None
+
+#: Smallest growth step of a buffer, in tokens.
+GROWTH_MIN_TOKENS = 64
+#: Buffers grow by ``capacity // GROWTH_DIVISOR`` (at least GROWTH_MIN_TOKENS) when full.
+GROWTH_DIVISOR = 8
+
+# Columns of ``NexusQuantLayer.lengths``.
+_SINKS, _CODED, _WINDOW = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PackedLayerView:
+    """The raw storage of one :class:`NexusQuantLayer`, for kernels that read it in place.
+
+    Row r's tokens, oldest first, are ``sink_*[r, :, :lengths[r, 0]]``, then the coded
+    head-vectors in slots ``[0, lengths[r, 1])`` of ``*_codes``/``*_scales``, then
+    ``window_*[r, :, :lengths[r, 2]]``; they end at position ``seq_length`` (right-aligned, pads
+    before them). Slots past a row's count are unused capacity. The tensors are the layer's own
+    (not copies): read them, do not modify them.
+
+    Attributes:
+        key_codes: ``(B, H, Cc, head_dim*key_bits/8)`` uint8.
+        key_scales: ``(B, H, Cc)`` float16.
+        value_codes: ``(B, H, Cc, value_head_dim*value_bits/8)`` uint8.
+        value_scales: ``(B, H, Cc)`` float16.
+        sink_keys: ``(B, H, sink_tokens, head_dim)`` model dtype.
+        sink_values: ``(B, H, sink_tokens, value_head_dim)`` model dtype.
+        window_keys: ``(B, H, Cw, head_dim)`` model dtype.
+        window_values: ``(B, H, Cw, value_head_dim)`` model dtype.
+        lengths: ``(B, 3)`` int32 on CPU: sink, coded and window token counts per row.
+        key_bits, value_bits: bits per element of the codes.
+        seed: rotation seed of both codes.
+        head_dim, value_head_dim: elements per key / value head-vector.
+        seq_length: the padded length ``T`` the rows are right-aligned to.
+    """
+
+    key_codes: torch.Tensor
+    key_scales: torch.Tensor
+    value_codes: torch.Tensor
+    value_scales: torch.Tensor
+    sink_keys: torch.Tensor
+    sink_values: torch.Tensor
+    window_keys: torch.Tensor
+    window_values: torch.Tensor
+    lengths: torch.Tensor
+    key_bits: int
+    value_bits: int
+    seed: int
+    head_dim: int
+    value_head_dim: int
+    seq_length: int
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """What one forward does to one row (or to all rows when they share it)."""
+
+    sinks: int  # s: sink tokens before
+    coded: int  # c: coded tokens before
+    window: int  # w: window tokens before
+    new: int  # m: real tokens in this forward
+    to_sinks: int  # of which the first ones fill the sinks
+    to_code: int  # window tokens coded by this forward (oldest first)
+
+    @property
+    def stored_after(self) -> int:
+        return self.sinks + self.coded + self.window + self.new
+
+    @property
+    def window_after(self) -> int:
+        return self.window + self.new - self.to_sinks - self.to_code
+
+
+def _grown(buf: torch.Tensor, needed: int, limit: int | None = None) -> torch.Tensor:
+    """``buf`` with capacity (dim 2) at least ``needed``: unchanged if it has it, else a zero
+    buffer grown geometrically (exactly ``needed`` when empty, never above ``limit``) holding a
+    copy of ``buf``."""
+    cap = buf.shape[2]
+    if needed <= cap:
+        return buf
+    new_cap = needed if cap == 0 else max(needed, cap + max(GROWTH_MIN_TOKENS, cap // GROWTH_DIVISOR))
+    if limit is not None:
+        new_cap = max(needed, min(new_cap, limit))
+    grown = buf.new_zeros((buf.shape[0], buf.shape[1], new_cap, *buf.shape[3:]))
+    grown[:, :, :cap] = buf
+    return grown
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+class NexusQuantLayer(CacheLayerMixin):
+    """Compressed KV cache of one full-attention layer (see the module docstring for the layout).
+
+    Args:
+        key_bits, value_bits: bits per element of the key / value codes (1..8, 2-4 tuned).
+        sink_tokens: first real tokens of each row kept in the model dtype (>= 0).
+        window: most recent tokens kept in the model dtype (>= 0).
+        block: tokens leave the window in blocks of this many (>= 1).
+        seed: rotation seed of the codec.
+        quantize: ``False`` stores every token exactly (pass-through, for equivalence tests).
+    """
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(
+        self,
+        *,
+        key_bits: int,
+        value_bits: int,
+        sink_tokens: int,
+        window: int,
+        block: int,
+        seed: int,
+        quantize: bool,
+    ):
+        super().__init__()
+        self.key_bits = key_bits
+        self.value_bits = value_bits
+        self.sink_tokens = sink_tokens
+        self.window = window
+        self.block = block
+        self.seed = seed
+        self.quantize = quantize
+        #: Passing ``crop`` back to an earlier length leaves a trace once tokens were coded.
+        self.is_croppable = not quantize
+        self.cumulative_length = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.is_initialized = False
+        self.cumulative_length = 0
+        self.lengths: torch.Tensor | None = None
+        self.sink_keys = self.sink_values = None
+        self.window_keys = self.window_values = None
+        self.key_codes = self.key_scales = None
+        self.value_codes = self.value_scales = None
+
+    # ----------------------------------------------------------------------------------------
+    # transformers' layer API
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate the (empty) buffers for the batch size, heads, head_dim, dtype and device of
+        ``key_states`` ``(B, H, q, d)`` and ``value_states`` ``(B, H, q, dv)``."""
+        if key_states.dim() != 4 or value_states.dim() != 4:
+            raise ShapeError(
+                "key_states and value_states must be (batch, kv_heads, seq, head_dim), got shapes "
+                f"{tuple(key_states.shape)} and {tuple(value_states.shape)}"
+            )
+        batch, heads, _, d = key_states.shape
+        dv = value_states.shape[-1]
+        if tuple(value_states.shape[:2]) != (batch, heads):
+            raise ShapeError(
+                f"value_states must have batch and kv_heads {(batch, heads)} like key_states, got "
+                f"shape {tuple(value_states.shape)}"
+            )
+        codec.check_dtype(key_states.dtype, "key_states.dtype")
+        codec.check_dtype(value_states.dtype, "value_states.dtype")
+        if self.quantize:
+            codec.check_head_dim(d, "head_dim (key_states.shape[-1])")
+            codec.check_head_dim(dv, "head_dim (value_states.shape[-1])")
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        self.batch, self.heads, self.head_dim, self.value_head_dim = batch, heads, d, dv
+        k_opts = {"dtype": key_states.dtype, "device": self.device}
+        v_opts = {"dtype": value_states.dtype, "device": self.device}
+        u8 = {"dtype": torch.uint8, "device": self.device}
+        f16 = {"dtype": torch.float16, "device": self.device}
+        self.sink_keys = torch.zeros(batch, heads, self.sink_tokens, d, **k_opts)
+        self.sink_values = torch.zeros(batch, heads, self.sink_tokens, dv, **v_opts)
+        self.window_keys = torch.zeros(batch, heads, 0, d, **k_opts)
+        self.window_values = torch.zeros(batch, heads, 0, dv, **v_opts)
+        self.key_codes = torch.zeros(batch, heads, 0, codec.code_bytes(d, self.key_bits), **u8)
+        self.value_codes = torch.zeros(batch, heads, 0, codec.code_bytes(dv, self.value_bits), **u8)
+        self.key_scales = torch.zeros(batch, heads, 0, **f16)
+        self.value_scales = torch.zeros(batch, heads, 0, **f16)
+        self.lengths = torch.zeros(batch, 3, dtype=torch.int32)
+        self.cumulative_length = 0
+        self.is_initialized = True
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        *args,
+        pads: list[int] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the forward's new tokens and return the layer's keys and values for attention.
+
+        Args:
+            key_states: ``(B, H, q, d)`` the forward's keys (post-RoPE), model dtype.
+            value_states: ``(B, H, q, dv)`` the forward's values.
+            pads: left-padding length of each row (leading zeros of the 2-D attention mask);
+                ``None``: no padding. Positions before ``pads[r]`` are not stored.
+
+        Returns:
+            ``(keys, values)``: ``(B, H, T + q, d)`` and ``(B, H, T + q, dv)`` in the model dtype,
+            each row's tokens right-aligned, coded tokens decoded, pad slots zero.
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._check_input(key_states, value_states)
+        q = key_states.shape[2]
+        plans = self._plans(q, pads)
+        self._reserve(plans)
+        if all(p == plans[0] for p in plans):
+            groups = [(slice(None), plans[0])]
+        else:
+            groups = [(slice(r, r + 1), p) for r, p in enumerate(plans)]
+        total = self.cumulative_length + q
+        keys = self._materialise(groups, key_states, total, values=False)
+        values = self._materialise(groups, value_states, total, values=True)
+        for rows, plan in groups:
+            self._store(rows, plan, key_states, value_states)
+        self.lengths = torch.tensor(
+            [[p.sinks + p.to_sinks, p.coded + p.to_code, p.window_after] for p in plans],
+            dtype=torch.int32,
+        ).reshape(self.batch, 3)
+        self.cumulative_length = total
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """``(kv_length, kv_offset)`` for the mask: the padded length plus the query, offset 0."""
+        return self.cumulative_length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """The padded sequence length ``T`` (what ``DynamicCache`` would report)."""
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        """No maximum: ``-1``."""
+        return -1
+
+    def reset(self) -> None:
+        """Drop every stored token and buffer; the next update starts afresh."""
+        self._clear()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` positions (a positive value is the legacy form:
+        the length to keep). Each row loses its newest tokens: window, then coded (their codes are
+        dropped), then sinks. Capacity is kept."""
+        if not self.is_initialized:
+            return
+        length = self.cumulative_length
+        remove = -tokens_to_remove if tokens_to_remove < 0 else max(0, length - tokens_to_remove)
+        remove = min(remove, length)
+        if remove == 0:
+            return
+        rows = []
+        for s, c, w in self.lengths.tolist():
+            left = remove
+            drop_w = min(left, w)
+            left -= drop_w
+            drop_c = min(left, c)
+            left -= drop_c
+            drop_s = min(left, s)
+            rows.append([s - drop_s, c - drop_c, w - drop_w])
+        self.lengths = torch.tensor(rows, dtype=torch.int32).reshape(self.batch, 3)
+        self.cumulative_length = length - remove
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder the rows for beam search: row i becomes old row ``beam_idx[i]``."""
+        if self.is_initialized:
+            self._apply_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows ``indices`` (integer indices or a boolean mask over rows)."""
+        if self.is_initialized:
+            self._apply_rows(lambda t: t[indices.to(t.device) if torch.is_tensor(indices) else indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row ``repeats`` times in place (row i becomes rows i*repeats ...)."""
+        if self.is_initialized:
+            self._apply_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    # ----------------------------------------------------------------------------------------
+    # nexusquant API
+
+    def packed_view(self) -> PackedLayerView:
+        """The layer's storage, for a fused kernel (see :class:`PackedLayerView`)."""
+        if not self.is_initialized:
+            raise InvalidArgumentError("packed_view() needs an initialized layer: run a forward first")
+        return PackedLayerView(
+            key_codes=self.key_codes,
+            key_scales=self.key_scales,
+            value_codes=self.value_codes,
+            value_scales=self.value_scales,
+            sink_keys=self.sink_keys,
+            sink_values=self.sink_values,
+            window_keys=self.window_keys,
+            window_values=self.window_values,
+            lengths=self.lengths,
+            key_bits=self.key_bits,
+            value_bits=self.value_bits,
+            seed=self.seed,
+            head_dim=self.head_dim,
+            value_head_dim=self.value_head_dim,
+            seq_length=self.cumulative_length,
+        )
+
+    def tokens_per_row(self) -> list[int]:
+        """Real tokens stored per row (sinks + coded + window)."""
+        if not self.is_initialized:
+            return []
+        return [int(n) for n in self.lengths.sum(dim=1).tolist()]
+
+    def held_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """Every tensor the layer holds, by memory component (codes, scales, sinks, window,
+        bookkeeping)."""
+        if not self.is_initialized:
+            return {}
+        return {
+            "codes": [self.key_codes, self.value_codes],
+            "scales": [self.key_scales, self.value_scales],
+            "sinks": [self.sink_keys, self.sink_values],
+            "window": [self.window_keys, self.window_values],
+            "bookkeeping": [self.lengths],
+        }
+
+    def used_bytes(self) -> dict[str, int]:
+        """Bytes occupied by stored tokens, by component (allocated capacity excluded)."""
+        if not self.is_initialized:
+            return {}
+        s, c, w = (int(x) for x in self.lengths.sum(dim=0).tolist())
+        h = self.heads
+        per_token = {
+            "codes": h * (self.key_codes.shape[-1] + self.value_codes.shape[-1]),
+            "scales": h * 2 * self.key_scales.element_size(),
+            "exact": h * (self.head_dim * self.sink_keys.element_size()
+                          + self.value_head_dim * self.sink_values.element_size()),
+        }
+        return {
+            "codes": c * per_token["codes"],
+            "scales": c * per_token["scales"],
+            "sinks": s * per_token["exact"],
+            "window": w * per_token["exact"],
+            "bookkeeping": _nbytes(self.lengths),
+        }
+
+    def baseline_elements(self) -> int:
+        """Elements ``DynamicCache`` would hold for this layer: ``B * H * T * (d + dv)``."""
+        if not self.is_initialized:
+            return 0
+        return self.batch * self.heads * self.cumulative_length * (self.head_dim + self.value_head_dim)
+
+    # ----------------------------------------------------------------------------------------
+    # internals
+
+    def _check_input(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        expected_k = (self.batch, self.heads, self.head_dim)
+        expected_v = (self.batch, self.heads, self.value_head_dim)
+        got_k = (key_states.shape[0], key_states.shape[1], key_states.shape[-1])
+        got_v = (value_states.shape[0], value_states.shape[1], value_states.shape[-1])
+        if key_states.dim() != 4 or got_k != expected_k or got_v != expected_v:
+            raise ShapeError(
+                f"key/value states must be (batch, kv_heads, seq, head_dim) with (batch, kv_heads, "
+                f"head_dim) = {expected_k} / {expected_v} as when the cache was filled, got "
+                f"{tuple(key_states.shape)} / {tuple(value_states.shape)}; use batch_select_indices, "
+                "batch_repeat_interleave or reset to change the batch"
+            )
+        if key_states.shape[2] != value_states.shape[2]:
+            raise ShapeError(
+                f"key_states and value_states must have the same seq length, got "
+                f"{key_states.shape[2]} and {value_states.shape[2]}"
+            )
+        if key_states.dtype != self.dtype or key_states.device != self.device:
+            raise ShapeError(
+                f"key_states must be {self.dtype} on {self.device} like the cached tokens, got "
+                f"{key_states.dtype} on {key_states.device}"
+            )
+
+    def _plans(self, q: int, pads: list[int] | None) -> list[_RowPlan]:
+        """Per-row plan of a forward of ``q`` positions, checking ``pads`` against the storage."""
+        length = self.cumulative_length
+        plans = []
+        for r, (s, c, w) in enumerate(self.lengths.tolist()):
+            pad = 0 if pads is None else pads[r]
+            stored = s + c + w
+            if stored != max(0, length - pad):
+                raise InvalidArgumentError(
+                    f"attention mask and cache disagree: row {r} has {pad} leading pad positions, so "
+                    f"it should hold {max(0, length - pad)} of the {length} cached positions, but it "
+                    f"holds {stored}; give every forward the same left-padded 2-D attention_mask "
+                    "(use `with cache.attach(model):` or cache.set_attention_mask(mask))"
+                )
+            new = q - min(q, max(0, pad - length))
+            to_sinks = min(self.sink_tokens - s, new)
+            pending = w + new - to_sinks
+            to_code = 0
+            if self.quantize and pending - self.window >= self.block:
+                to_code = (pending - self.window) // self.block * self.block
+            plans.append(_RowPlan(s, c, w, new, to_sinks, to_code))
+        return plans
+
+    def _reserve(self, plans: list[_RowPlan]) -> None:
+        """Grow the code and window buffers to what the plans need."""
+        coded = max(p.coded + p.to_code for p in plans)
+        window = max(p.window_after for p in plans)
+        limit = self.window + self.block - 1 if self.quantize else None
+        self.key_codes = _grown(self.key_codes, coded)
+        self.value_codes = _grown(self.value_codes, coded)
+        self.key_scales = _grown(self.key_scales, coded)
+        self.value_scales = _grown(self.value_scales, coded)
+        self.window_keys = _grown(self.window_keys, window, limit)
+        self.window_values = _grown(self.window_values, window, limit)
+
+    def _materialise(
+        self, groups: list[tuple[slice, _RowPlan]], states: torch.Tensor, total: int, *, values: bool
+    ) -> torch.Tensor:
+        """``(B, H, total, d)`` keys (or values) for attention, rows right-aligned."""
+        if values:
+            sinks, window = self.sink_values, self.window_values
+            codes, scales, bits, dim = self.value_codes, self.value_scales, self.value_bits, self.value_head_dim
+        else:
+            sinks, window = self.sink_keys, self.window_keys
+            codes, scales, bits, dim = self.key_codes, self.key_scales, self.key_bits, self.head_dim
+        q = states.shape[2]
+
+        def parts(rows: slice, plan: _RowPlan) -> list[torch.Tensor]:
+            out = []
+            if plan.sinks:
+                out.append(sinks[rows, :, : plan.sinks])
+            if plan.coded:
+                out.append(
+                    codec.decode(
+                        codes[rows, :, : plan.coded],
+                        scales[rows, :, : plan.coded],
+                        bits=bits,
+                        seed=self.seed,
+                        head_dim=dim,
+                        dtype=states.dtype,
+                        backend=CODEC_BACKEND,
+                    )
+                )
+            if plan.window:
+                out.append(window[rows, :, : plan.window])
+            if plan.new:
+                out.append(states[rows, :, q - plan.new :])
+            return out
+
+        if len(groups) == 1 and groups[0][1].stored_after == total:
+            pieces = parts(*groups[0])
+            if len(pieces) == 1:
+                return pieces[0]
+            if pieces:
+                return torch.cat(pieces, dim=2)
+        full = states.new_zeros(self.batch, self.heads, total, dim)
+        for rows, plan in groups:
+            at = total - plan.stored_after
+            for piece in parts(rows, plan):
+                full[rows, :, at : at + piece.shape[2]] = piece
+                at += piece.shape[2]
+        return full
+
+    def _store(
+        self, rows: slice, plan: _RowPlan, key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> None:
+        """Append the rows' new real tokens: sinks first, then the window, then code the oldest
+        window blocks past ``window + block``."""
+        q = key_states.shape[2]
+        first = q - plan.new
+        for states, sinks, window, codes, scales, bits in (
+            (key_states, self.sink_keys, self.window_keys, self.key_codes, self.key_scales, self.key_bits),
+            (value_states, self.sink_values, self.window_values, self.value_codes, self.value_scales,
+             self.value_bits),
+        ):
+            if plan.to_sinks:
+                sinks[rows, :, plan.sinks : plan.sinks + plan.to_sinks] = (
+                    states[rows, :, first : first + plan.to_sinks]
+                )
+            fresh = states[rows, :, first + plan.to_sinks :]
+            if not plan.to_code:
+                if fresh.shape[2]:
+                    window[rows, :, plan.window : plan.window + fresh.shape[2]] = fresh
+                continue
+            pending = torch.cat([window[rows, :, : plan.window], fresh], dim=2) if plan.window else fresh
+            c, s = codec.encode(pending[:, :, : plan.to_code], bits, self.seed, backend=CODEC_BACKEND)
+            codes[rows, :, plan.coded : plan.coded + plan.to_code] = c
+            scales[rows, :, plan.coded : plan.coded + plan.to_code] = s
+            if plan.window_after:
+                window[rows, :, : plan.window_after] = pending[:, :, plan.to_code :]
+
+    def _apply_rows(self, fn) -> None:
+        """Apply a row selection ``fn`` (along dim 0) to every buffer and to the lengths."""
+        for name in ("sink_keys", "sink_values", "window_keys", "window_values", "key_codes",
+                     "value_codes", "key_scales", "value_scales", "lengths"):
+            setattr(self, name, fn(getattr(self, name)))
+        self.batch = self.lengths.shape[0]
+
+    def __repr__(self) -> str:
+        mode = f"K{self.key_bits}V{self.value_bits}" if self.quantize else "pass-through"
+        return (
+            f"NexusQuantLayer({mode}, sink_tokens={self.sink_tokens}, window={self.window}, "
+            f"block={self.block}, seq_length={self.cumulative_length})"
+        )
+
+
+__all__ = ["NexusQuantLayer", "PackedLayerView", "CODEC_BACKEND"]

@@ -1,0 +1,156 @@
+"""The evaluation harness (nexusquant.eval.harness) on a tiny model: the figures it computes mean
+what they say. The real-model benchmark is benches/quality.py (never run by tests)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from conftest import make_char_tokenizer, make_tiny_llama
+from transformers import DynamicCache
+
+from nexusquant import NexusQuantCache, errors
+from nexusquant.eval import harness
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def text_ids(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 256, (n,), generator=g)
+
+
+def test_score_matches_the_definitions():
+    exact = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), dim=-1)
+    approx = torch.log_softmax(torch.tensor([[1.0, 0.5, -1.0], [1.0, 0.0, 0.0]]), dim=-1)
+    targets = torch.tensor([0, 1])
+    score = harness.Score()
+    score.add(exact, approx, targets)
+    f = score.figures()
+    nll = -(approx[0, 0] + approx[1, 1]) / 2
+    exact_nll = -(exact[0, 0] + exact[1, 1]) / 2
+    assert f["ppl"] == pytest.approx(math.exp(nll))
+    assert f["ppl_delta_pct"] == pytest.approx(100 * (math.exp(nll - exact_nll) - 1))
+    kl = sum(float((exact[i].exp() * (exact[i] - approx[i])).sum()) for i in range(2)) / 2
+    assert f["kl"] == pytest.approx(kl) and f["kl"] > 0
+    assert f["top1"] == 0.5
+
+
+def test_quality_of_an_exact_setting_is_exact_and_coding_costs_something():
+    model = make_tiny_llama()
+    specs = [harness.CacheSpec("K4V4 w0", "nexusquant", 4, 4, 0, 0, 1),
+             harness.CacheSpec("K2V2 w0", "nexusquant", 2, 2, 0, 0, 1),
+             harness.CacheSpec("K3V2 default", "nexusquant", 3, 2, 4, 128, 64)]
+    out = harness.quality(model, text_ids(400), specs, context=40, tokens=8, windows=2, chunk=1,
+                          log=lambda *a: None)
+    r = out["results"]
+    # at 48 tokens the default window holds everything: the cache is exact
+    assert r["K3V2 default"]["kl"] == 0 and r["K3V2 default"]["top1"] == 1
+    assert r["K3V2 default"]["ppl"] == pytest.approx(out["exact_ppl"])
+    assert 0 < r["K4V4 w0"]["kl"] < r["K2V2 w0"]["kl"]
+    assert r["K4V4 w0"]["fp16_ratio"] > 1 and r["K2V2 w0"]["fp16_ratio"] > r["K4V4 w0"]["fp16_ratio"]
+    assert len(out["offsets"]) == 2 and out["offsets"][1] > out["offsets"][0] + 48
+
+
+def test_chunked_feeding_equals_token_by_token_when_nothing_is_coded():
+    model = make_tiny_llama()
+    ids = text_ids(30).unsqueeze(0)
+    results = []
+    for chunk in (1, 5):
+        cache, _ = harness.prefill(model, ids[:, :10])
+        results.append(harness.forced_logprobs(model, cache, ids[:, 10:], chunk))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)
+    assert results[0].shape == (20, 256)
+
+
+def test_quanto_fill_and_memory_are_measured():
+    if harness.quanto_available() is not None:
+        pytest.skip(harness.quanto_available())
+    model = make_tiny_llama()
+    prefilled, _ = harness.prefill(model, text_ids(200).unsqueeze(0))
+    cache = harness.CacheSpec("quanto int4", "quanto", nbits=4).fill(model, prefilled)
+    assert cache.get_seq_length() == 200
+    mem = harness.cache_memory(model, cache, 200)
+    assert 0 < mem["bytes"] < harness.fp16_bytes(model, 1, 200)
+
+
+def test_held_bytes_of_a_dynamic_cache():
+    model = make_tiny_llama()
+    cache, _ = harness.prefill(model, text_ids(50).unsqueeze(0))
+    expected = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert harness.held_bytes(cache) == expected
+    assert harness.fp16_bytes(model, 1, 50) == expected // 2  # float32 model
+
+
+def test_passkey_prompt_has_the_needle_and_about_the_length():
+    tok = make_char_tokenizer()
+    ids = harness.passkey_prompt(tok, 2000, 0.5, 12345)
+    text = tok.decode(ids[0])
+    assert abs(ids.shape[1] - 2000) < 100
+    assert text.endswith("The pass key is") and "The pass key is 12345." in text
+    assert abs(text.index("12345") / len(text) - 0.5) < 0.1
+
+
+def test_passkey_and_speed_run_on_every_cache(monkeypatch):
+    monkeypatch.setattr(harness, "PASSKEY_NEW_TOKENS", 3)
+    monkeypatch.setattr(harness, "SPEED_STEPS", 4)
+    model = make_tiny_llama()
+    specs = [harness.CacheSpec("K3V2 w0", "nexusquant", 3, 2, 0, 0, 1)]
+    out = harness.passkey(model, make_char_tokenizer(), specs, lengths=(150,), log=lambda *a: None)
+    assert out["total"] == 6 and set(out["passed"]) == {"exact", "K3V2 w0"}
+    assert all(0 <= v <= 6 for v in out["passed"].values())
+    assert len({p["number"] for p in out["prompts"]}) == 6
+    speed = harness.decode_speed(model, text_ids(100), specs, context=60)
+    assert set(speed) == {"exact", "K3V2 w0"} and all(v > 0 for v in speed.values())
+
+
+def test_format_and_settings_arguments(tmp_path):
+    result = {
+        "machine": harness.machine_info(), "model": "tiny", "text": "t.txt", "text_tokens": 10,
+        "quanto": "not installed", "settings": ["K3V2 w0"],
+        "quality": {"context": 8, "tokens": 2, "chunk": 1, "offsets": [0], "exact_ppl": 2.0,
+                    "exact_memory": {"bytes": 100, "fp16_ratio": 0.5, "used_fp16_ratio": 0.5},
+                    "results": {"K3V2 w0": {"ppl": 2.1, "ppl_delta_pct": 5.0, "kl": 0.01, "top1": 0.9,
+                                            "bytes": 10, "fp16_ratio": 5.0, "used_fp16_ratio": 5.5}}},
+        "passkey": {"total": 6, "passed": {"exact": 6, "K3V2 w0": 5}, "prompts": [{"tokens": 1000}] * 6},
+        "speed": {"context": 8, "tokens_per_s": {"exact": 10.0, "K3V2 w0": 7.0}},
+        "seconds": 60.0,
+    }
+    text = harness.format_result(result)
+    assert "K3V2 w0" in text and "5/6" in text and "70 % of exact" in text
+    harness.plot_result(result, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    only_passkey = {k: v for k, v in result.items() if k not in ("quality", "speed")}
+    text = harness.format_result(only_passkey)
+    assert "5/6" in text and "KL" in text and "tokens/s" not in text
+    with pytest.raises(errors.InvalidArgumentError, match="--plot needs the quality part"):
+        harness.plot_result(only_passkey, str(tmp_path / "other.png"))
+
+    assert harness.parse_settings("K3V2, k4v4") == [(3, 2), (4, 4)]
+    with pytest.raises(errors.InvalidArgumentError, match="settings must be a comma-separated list like K3V2"):
+        harness.parse_settings("K9V2")
+    text_file = tmp_path / "t.txt"
+    text_file.write_text("hello")
+    cli = argparse.Namespace(text=str(text_file), quality=["lossless", "balanced"], seq=4096,
+                             json=True, model=None, device="cpu", command="eval")
+    cfg = harness._config_from(cli)
+    assert cfg.settings == [(4, 4), (3, 2)] and cfg.context == 4096 and cfg.windows == 3
+    quick = harness._config_from(argparse.Namespace(text=str(text_file), settings="K2V2", quick=True))
+    assert (quick.context, quick.tokens, quick.windows, quick.passkey_lengths) == (512, 64, 1, (1024,))
+    with pytest.raises(errors.InvalidArgumentError, match="parts must be a comma-separated subset"):
+        harness._config_from(argparse.Namespace(text=str(text_file), parts="quality,plots"))
+    assert harness._config_from(argparse.Namespace(text=str(text_file), parts="passkey")).parts == ("passkey",)
+    with pytest.raises(errors.InvalidArgumentError, match="text must be a text file"):
+        harness._config_from(argparse.Namespace(text=str(tmp_path / "missing.txt")))
+
+
+def test_specs_cover_both_protocols():
+    specs = harness.cache_specs([(3, 2)], quanto=True)
+    assert [s.name for s in specs] == ["K3V2 w0", "K3V2 default", "quanto int4", "quanto int2"]
+    assert (specs[0].sink_tokens, specs[0].window, specs[0].block) == (0, 0, 1)
+    assert (specs[1].sink_tokens, specs[1].window, specs[1].block) == (4, 128, 64)
+    model = make_tiny_llama()
+    cache = specs[0].fill(model, DynamicCache(config=model.config))
+    assert isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0
