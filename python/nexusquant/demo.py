@@ -101,7 +101,9 @@ def _generate(model, ids, mask, max_new_tokens, cache=None):
         "return_dict_in_generate": True,
     }
     if cache is not None:
-        kwargs["past_key_values"] = cache
+        from ._hf import cache_kwarg  # noqa: PLC0415 - `cache=` where transformers takes it
+
+        kwargs[cache_kwarg(model)] = cache
     with torch.inference_mode():
         out = model.generate(ids, **kwargs)
     return out, clock

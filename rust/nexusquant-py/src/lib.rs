@@ -1,7 +1,7 @@
 //! `nexusquant._core`: the PyO3 bindings of `nexusquant-core`.
 //!
 //! Glue only: buffers in and out without copies, the GIL released around real work, and core
-//! errors mapped onto `nexusquant.errors` (see [`errors`]).
+//! errors mapped onto `nexusquant.errors` (see `errors.rs`).
 
 mod codec;
 mod errors;

@@ -1,7 +1,7 @@
 //! Decoding head-vectors (`docs/codec.md` §7).
 //!
-//! [`decode_vector`] is the spec written out literally (the oracle); [`decode_rows`] is the
-//! batched kernel, [`L`] head-vectors per pass, bit-identical to it.
+//! [`decode_vector`] is the spec written out literally (the oracle); `decode_rows` is the
+//! batched kernel, `L` head-vectors per pass, bit-identical to it.
 
 use half::f16;
 

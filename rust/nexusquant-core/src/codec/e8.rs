@@ -7,7 +7,7 @@
 //! formulation and are the oracle; the lane functions are the batched kernels' versions,
 //! bit-identical to them.
 //!
-//! [`vdec_lanes`] runs in integers. This is exact: `VDEC` applies `QE8` to `z = P/(4q)` with `P`
+//! `vdec_lanes` runs in integers. This is exact: `VDEC` applies `QE8` to `z = P/(4q)` with `P`
 //! odd, `|P| < 2^12` and `q <= 256`, so every binary32 operation of `QE8` on such `z` is exact
 //! and `rint` never meets a tie. In units of `1/(4q)`: `rint(z) = (P + 2q) >> (b + 2)` and
 //! `rint(z - ½) = P >> (b + 2)`, the residual `e = z - f` is the integer `E = P - 4q·f` (minus

@@ -10,7 +10,7 @@ mod sealed {
     impl Sealed for half::bf16 {}
 }
 
-/// A floating-point type of head-vector values: `f32`, [`f16`] or [`bf16`].
+/// A floating-point type of head-vector values: `f32`, `half::f16` or `half::bf16`.
 ///
 /// Inputs are widened to binary32 exactly; outputs are rounded from binary32 to nearest, ties
 /// to even. Sealed: the codec is specified for these three only.

@@ -1,7 +1,7 @@
 //! Encoding head-vectors (`docs/codec.md` §6).
 //!
 //! [`encode_vector`] is the spec written out literally, one head-vector at a time: the oracle.
-//! [`encode_rows`] is the batched kernel: [`L`] head-vectors per pass, one per SIMD lane, with
+//! `encode_rows` is the batched kernel: `L` head-vectors per pass, one per SIMD lane, with
 //! results identical to [`encode_vector`] bit for bit (tested on random and special inputs).
 
 use core::array::from_fn;
