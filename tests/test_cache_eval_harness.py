@@ -4,6 +4,7 @@ what they say. The real-model benchmark is benches/quality.py (never run by test
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import pytest
@@ -154,3 +155,26 @@ def test_specs_cover_both_protocols():
     model = make_tiny_llama()
     cache = specs[0].fill(model, DynamicCache(config=model.config))
     assert isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0
+
+
+def test_run_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(harness, "PASSKEY_NEW_TOKENS", 2)
+    monkeypatch.setattr(harness, "SPEED_STEPS", 2)
+    monkeypatch.setattr(harness, "quanto_available", lambda: "skipped in this test")
+    make_tiny_llama().save_pretrained(tmp_path / "model")
+    make_char_tokenizer().save_pretrained(tmp_path / "model")
+    text = tmp_path / "text.txt"
+    text.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 20)
+    out_json = tmp_path / "out.json"
+    status = harness.main([
+        "--model", str(tmp_path / "model"), "--text", str(text), "--settings", "K4V4",
+        "--context", "40", "--tokens", "4", "--windows", "2", "--passkey-lengths", "120",
+        "--json", str(out_json), "--threads", "1",
+    ])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "K4V4 w0" in printed and "K4V4 default" in printed and "tokens/s" in printed
+    result = json.loads(out_json.read_text())
+    assert set(result["quality"]["results"]) == {"K4V4 w0", "K4V4 default"}
+    assert result["passkey"]["total"] == 6 and result["quanto"] == "skipped in this test"
+    assert harness.main(["--text", str(tmp_path / "nope.txt")]) == 2

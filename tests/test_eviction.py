@@ -15,6 +15,7 @@ from transformers import DynamicCache
 import nexusquant
 from nexusquant import NexusQuantCache, codec
 from nexusquant._hf import cache_kwarg
+from nexusquant.cache import NexusQuantLayer
 from nexusquant.errors import InvalidArgumentError
 from nexusquant.eviction import EvictableLayer, EvictionConfig, nexusquant_evict, solve_budget
 from nexusquant.eviction.budget import RowCost
@@ -448,7 +449,7 @@ def test_each_generate_gets_a_fresh_cache_from_the_preset_and_given_caches_are_u
         generate(model, random_prompt(20, seed=2), new=2)
         assert nq.cache is not first
         assert (first.key_bits, first.value_bits, first.window) == (4, 4, 128)
-        assert isinstance(first.layers[0], EvictableLayer)
+        assert type(first.layers[0]) is NexusQuantLayer  # lossless: nothing to evict
         mine = NexusQuantCache(model.config, 2, 2, window=16)
         generate(model, random_prompt(20, seed=3), new=2, cache=mine)
         assert nq.cache is mine and mine.key_bits == 2

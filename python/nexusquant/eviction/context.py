@@ -11,7 +11,7 @@ What the block changes, on the ``model`` instance only (all undone on exit, also
   the 2-D ``attention_mask`` for the compacted cache (below); the hook clears the record;
 * ``model.generate`` becomes an instance attribute wrapping the original: a call without a cache
   gets a fresh :class:`~nexusquant.NexusQuantCache` built from the config, a call with a
-  ``NexusQuantCache`` uses it (its full-attention layers become
+  ``NexusQuantCache`` uses it (when the block evicts, its full-attention layers become
   :class:`~nexusquant.eviction.layer.EvictableLayer`, keeping their state and settings), any
   other cache is passed through untouched and never evicted.
 
@@ -279,11 +279,12 @@ class _Session:
         return cache
 
     def adopt(self, cache: NexusQuantCache) -> None:
-        """Make ``cache``'s compressed layers evictable (state kept) and route its forwards
-        through this session."""
-        for idx, layer in enumerate(cache.layers):
-            if isinstance(layer, NexusQuantLayer):
-                cache.layers[idx] = EvictableLayer.from_layer(layer)
+        """Route ``cache``'s forwards through this session and, when the block evicts, make its
+        compressed layers evictable (their state kept)."""
+        if self.config.evicts:
+            for idx, layer in enumerate(cache.layers):
+                if isinstance(layer, NexusQuantLayer):
+                    cache.layers[idx] = EvictableLayer.from_layer(layer)
         self._caches.add(cache)
 
     @staticmethod

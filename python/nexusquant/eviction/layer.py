@@ -62,7 +62,8 @@ class EvictableLayer(NexusQuantLayer):
             return layer
         if type(layer) is not NexusQuantLayer:
             raise InvalidArgumentError(
-                f"from_layer needs a NexusQuantLayer, got {type(layer).__name__}"
+                f"token eviction needs plain NexusQuantLayer layers (it does not combine with "
+                f"offload='host' or other layer subclasses), got a {type(layer).__name__}"
             )
         evictable = cls.__new__(cls)
         evictable.__dict__.update(vars(layer))
