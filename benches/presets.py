@@ -254,22 +254,29 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_smollm2()
     result: dict[str, Any] = {"machine": machine_info(), "text": str(args.text), "protocol": protocol}
+
+    def save() -> None:  # after every part, so that a long run interrupted keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2, default=str))
+
     token_ids = torch.tensor(tokenizer(args.text.read_text(encoding="utf-8")).input_ids)
     print(f"quality on {args.text.name} ({token_ids.numel()} tokens):", flush=True)
     result["quality"] = quality(model, token_ids, context=protocol["context"], tokens=protocol["tokens"],
                                 windows=protocol["windows"])
+    save()
     if not args.no_passkey:
         print("passkey:", flush=True)
         result["passkey"] = passkey(model, tokenizer, lengths=protocol["passkey_lengths"])
+        save()
     print("head_dim 128:", flush=True)
     result["head_dim_128"] = head_dim_128_ratios()
     result["seconds"] = time.perf_counter() - started
     result["checks"] = checks(result)
+    save()
     print()
     print(format_result(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
 

@@ -3,18 +3,21 @@ model hub), hypothesis profiles, and the ``gpu`` marker's skip.
 
 Model factories (also usable directly: ``from conftest import make_tiny_llama``):
 
-* :func:`make_tiny_llama_config` / :func:`make_tiny_llama` - a Llama (or, with ``sliding_window``, a Mistral: Llama plus a sliding
-  window on every layer) with any head_dim / head counts / layer count / dtype;
+* :func:`make_tiny_llama_config` / :func:`make_tiny_llama` - a Llama (or, with
+  ``sliding_window``, a Mistral: Llama plus a sliding window on every layer) with any head_dim,
+  head counts, layer count and dtype;
 * :func:`make_tiny_gemma2` - a Gemma-2 style model whose layers alternate sliding-window and full
   attention (``config.layer_types``);
 * :func:`make_char_tokenizer` - a character-level tokenizer with a chat template, for the tiny
   models' vocabulary.
 
-Both return a model in eval mode whose generation config never stops early (no EOS) and pads
+The model factories return a model in eval mode whose generation config never stops early (no EOS) and pads
 with token 0. Weights are random with a fixed seed and a large init scale, so that greedy
 generations vary from token to token and react to small changes in the cache.
 
-Environment: ``HYPOTHESIS_PROFILE=dev|ci`` picks the hypothesis profile (default ``dev``).
+Fixture ``torch_one_thread`` runs a test with one torch thread (the tiny models run several
+times faster that way on a loaded 2-core machine). Environment: ``HYPOTHESIS_PROFILE=dev|ci``
+picks the hypothesis profile (default ``dev``).
 """
 
 from __future__ import annotations
@@ -46,21 +49,6 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
 VOCAB = 256
 #: Token ids below this are never drawn by :func:`random_prompt` (0 pads, 1 BOS, 2 EOS).
 FIRST_TOKEN = 3
-
-_CORE_BUILT = importlib.util.find_spec("nexusquant._core") is not None
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not _CORE_BUILT:
-        # The cache's codec calls fall back to the pure-torch oracle, which gives the same bytes.
-        from nexusquant.cache import layer
-
-        layer.CODEC_BACKEND = "reference"
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    backend = "Rust core" if _CORE_BUILT else "reference (nexusquant._core is not built)"
-    return f"nexusquant cache codec backend: {backend}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -278,18 +278,23 @@ def test_pack_layout_matches_the_spec_drawing():
 
 
 def test_golden_vectors():
-    path = ROOT / "tests" / "golden" / "codec_v1.json"
-    cases = json.loads(path.read_text())["cases"]
-    assert cases
-    for case in cases:
-        d, bits, seed = case["head_dim"], case["bits"], case["seed"]
-        x = golden_input(case["n"], d, seed)
-        x[case["zero_rows"]] = 0
-        q = nq.quantize(x, bits, seed=seed)
-        assert q.codes.numpy().tobytes().hex() == case["codes_hex"], (d, bits)
-        assert q.scales.view(torch.int16).numpy().astype("<i2").tobytes().hex() == case["scales_hex"]
-        q_ref = nq.quantize(x, bits, seed=seed, backend="reference")
-        assert q_ref.codes.numpy().tobytes().hex() == case["codes_hex"], (d, bits)
+    """The frozen bytes of ``tests/golden/codec_v1.json`` (also checked by the Rust core's
+    ``tests/codec_golden.rs``): codes, fp16 scales and decoded float32 values, for the core and
+    the torch reference alike. The stored input must equal the spec's splitmix64 input."""
+    golden = json.loads((ROOT / "tests" / "golden" / "codec_v1.json").read_text())
+    assert golden["codec"] == "e8v1" and golden["cases"]
+    seed, rows = golden["seed"], golden["rows"]
+    for case in golden["cases"]:
+        d, bits = case["head_dim"], case["bits"]
+        x = torch.from_numpy(np.frombuffer(bytes.fromhex(case["input_f32"]), dtype="<f4").copy()).reshape(rows, d)
+        assert torch.equal(x, golden_input(rows, d, seed)), (d, bits)
+        decoded = np.frombuffer(bytes.fromhex(case["decoded_f32"]), dtype="<f4").reshape(rows, d)
+        for backend in ("core", "reference"):
+            q = nq.quantize(x, bits, seed=seed, backend=backend)
+            assert q.codes.numpy().tobytes().hex() == case["codes"], (backend, d, bits)
+            assert q.scales.view(torch.int16).numpy().astype("<i2").tobytes().hex() == case["scales"], (backend, d, bits)
+            out = nq.dequantize(q, backend=backend).numpy()
+            assert out.view("<u4").tobytes() == decoded.view("<u4").tobytes(), (backend, d, bits)
 
 
 def golden_input(n: int, d: int, seed: int) -> torch.Tensor:

@@ -229,28 +229,20 @@ class _Session:
     # generate
 
     def _generate(self, original, *args: Any, **kwargs: Any) -> Any:
-        given = [(name, kwargs[name]) for name in CACHE_KWARGS if kwargs.get(name) is not None]
-        if given:
-            cache = given[0][1]
-            if not isinstance(cache, NexusQuantCache):
-                return original(*args, **kwargs)
-            self.adopt(cache)
-        else:
+        cache = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
+        if cache is None:
             cache = self.new_cache()
             kwargs[cache_kwarg(self.model)] = cache
-        self.handle.cache = cache
-        prompt = self._prompt_tokens(cache, args, kwargs)
-        self._pending = _Pending(cache, prompt, prompt) if self.config.evicts and prompt > 0 else None
-        self._observed.clear()
-        try:
+        elif isinstance(cache, NexusQuantCache):
+            self.adopt(cache)
+        else:
             return original(*args, **kwargs)
-        finally:
-            self._pending = None
-            self._observed.clear()
+        with self._prompt(cache, self._prompt_tokens(cache, args, kwargs)):
+            return original(*args, **kwargs)
 
     def prefill(self, input_ids: torch.Tensor, *, cache: NexusQuantCache | None, **kwargs: Any) -> Any:
         """See :meth:`EvictionHandle.prefill`."""
-        if not self._undo:
+        if not self._undo:  # restore() has run: the hooks are gone
             raise RuntimeError("handle.prefill is only usable inside its nexusquant_evict block")
         if cache is None:
             cache = self.new_cache()
@@ -258,18 +250,24 @@ class _Session:
             self.adopt(cache)
         else:
             raise InvalidArgumentError(f"cache must be a NexusQuantCache or None, got {type(cache).__name__}")
+        with self._prompt(cache, input_ids.shape[1]):
+            return self.model(input_ids=input_ids, use_cache=True, **{cache_kwarg(self.model): cache}, **kwargs)
+
+    @contextmanager
+    def _prompt(self, cache: NexusQuantCache, tokens: int) -> Iterator[None]:
+        """Make ``cache`` the handle's cache and, while the block runs, count its next
+        ``tokens`` input tokens as a prompt (see the module docstring)."""
         self.handle.cache = cache
-        prompt = input_ids.shape[1]
-        self._pending = _Pending(cache, prompt, prompt) if self.config.evicts and prompt > 0 else None
+        self._pending = _Pending(cache, tokens, tokens) if self.config.evicts and tokens > 0 else None
         self._observed.clear()
         try:
-            return self.model(input_ids=input_ids, use_cache=True, **{cache_kwarg(self.model): cache}, **kwargs)
+            yield
         finally:
             self._pending = None
             self._observed.clear()
 
     def new_cache(self) -> NexusQuantCache:
-        """A fresh cache with the block's layout, its layers evictable."""
+        """A fresh cache with the block's layout (bits, sinks, window, block, seed), adopted."""
         c = self.config
         cache = NexusQuantCache(
             self.model.config, c.key_bits, c.value_bits, sink_tokens=c.sink_tokens,
@@ -364,12 +362,11 @@ class _Session:
         return args, kwargs
 
     def _replace_mask(self, args: tuple, kwargs: dict, mask: torch.Tensor) -> tuple[tuple, dict]:
-        if "attention_mask" in kwargs or len(args) <= 1:
-            return args, {**kwargs, "attention_mask": mask}
+        """The forward's arguments with ``attention_mask`` replaced where it was given."""
         position = list(self._signature.parameters).index("attention_mask")
-        args = list(args)
-        args[position] = mask
-        return tuple(args), kwargs
+        if "attention_mask" in kwargs or len(args) <= position:
+            return args, {**kwargs, "attention_mask": mask}
+        return (*args[:position], mask, *args[position + 1 :]), kwargs
 
     def _after_forward(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         self._forward = None
@@ -425,8 +422,9 @@ class _Session:
     def _plan(
         self, fwd: _Forward, layer: EvictableLayer, scores: torch.Tensor, *, extra: int, slack: int = 0
     ) -> list[torch.Tensor | None]:
-        """Coded slots each row keeps (``None``: the row keeps everything). A row is evicted
-        only when it holds more than ``slack`` tokens over its budget.
+        """Indices into each row's evictable span that it keeps (``None``: the row keeps
+        everything). A row is evicted only when it holds at least ``slack`` tokens over its
+        budget (and at least one).
 
         Args:
             scores: ``(B, H, T)`` un-pooled scores of the layer's ``T`` slots.
@@ -444,7 +442,7 @@ class _Session:
             protect = min(count, max(0, cfg.observation_window + extra - after))
             target = max(budgets[r] + extra, before + after + protect)
             kept = target - before - after
-            if before + count + after - target <= slack or kept >= count:
+            if before + count + after - target < slack or kept >= count:
                 keep.append(None)
                 continue
             first = length - (before + count + after) + before

@@ -1,13 +1,15 @@
 //! Bindings of the codec: `encode`, `decode`, `scalar_roundtrip`, `build_info`.
 //!
-//! Inputs and outputs are C-contiguous numpy arrays that Python makes as zero-copy views of
-//! torch buffers; 16-bit floats (float16 and bfloat16) travel as `uint16` bit patterns and the
-//! `dtype` argument says which. The work runs with the GIL released.
+//! Inputs and outputs are C-contiguous numpy arrays (Python makes them as zero-copy views of
+//! torch buffers) that are read and written in place. 16-bit floats travel as `uint16` bit
+//! patterns (float16 may also come as numpy `float16`); the `dtype` argument says which type
+//! the values are. The work runs with the GIL released.
 
 use half::{bf16, f16};
 use nexusquant_core::codec::{simd_level, Codec, CodecError, CodecParams, Element, Threads};
 use numpy::{
-    PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods,
+    dtype, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
+    PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -16,173 +18,378 @@ use crate::errors::{codec_error_to_py, nexusquant_error};
 
 const DTYPES: &str = "['float32', 'float16', 'bfloat16']";
 
-fn codec(head_dim: usize, bits: i64, seed: u64) -> PyResult<Codec> {
+/// The element type named by the `dtype` argument.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    fn parse(py: Python<'_>, name: &str) -> PyResult<Self> {
+        match name {
+            "float32" => Ok(Dtype::F32),
+            "float16" => Ok(Dtype::F16),
+            "bfloat16" => Ok(Dtype::Bf16),
+            other => Err(nexusquant_error(
+                py,
+                "UnsupportedDtypeError",
+                format!("dtype must be one of {DTYPES}, got '{other}'"),
+            )),
+        }
+    }
+
+    /// The numpy arrays that can hold this type: float32; float16 or uint16; uint16.
+    fn accepts(self, a: &Bound<'_, PyUntypedArray>) -> bool {
+        let py = a.py();
+        let d = a.dtype();
+        match self {
+            Dtype::F32 => d.is_equiv_to(&dtype::<f32>(py)),
+            Dtype::F16 => {
+                d.is_equiv_to(&dtype::<u16>(py)) || (d.kind() == b'f' && d.itemsize() == 2)
+            }
+            Dtype::Bf16 => d.is_equiv_to(&dtype::<u16>(py)),
+        }
+    }
+
+    fn wanted(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16 or uint16 (fp16 bit patterns)",
+            Dtype::Bf16 => "uint16 (bfloat16 bit patterns)",
+        }
+    }
+}
+
+fn error(py: Python<'_>, class: &str, message: String) -> PyErr {
+    nexusquant_error(py, class, message)
+}
+
+/// An optional integer argument, or `InvalidArgumentError` naming it.
+fn int_arg(py: Python<'_>, v: &Bound<'_, PyAny>, name: &str, allowed: &str) -> PyResult<i64> {
+    v.extract::<i64>().map_err(|_| {
+        error(
+            py,
+            "InvalidArgumentError",
+            format!("{name} must be {allowed}, got {v}"),
+        )
+    })
+}
+
+fn codec(
+    py: Python<'_>,
+    head_dim: usize,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+) -> PyResult<Codec> {
+    let bits = bits.extract::<i64>().map_err(|_| {
+        error(
+            py,
+            "BitsError",
+            format!("bits must be an integer in 1..=8 (2, 3, 4 tuned), got {bits}"),
+        )
+    })?;
     let bits =
         u32::try_from(bits).map_err(|_| codec_error_to_py(&CodecError::Bits { got: bits }))?;
+    let seed = seed.extract::<u64>().map_err(|_| {
+        error(
+            py,
+            "InvalidArgumentError",
+            format!("seed must be an integer in [0, 2**64), got {seed}"),
+        )
+    })?;
     let params = CodecParams::new(head_dim, bits, seed).map_err(|e| codec_error_to_py(&e))?;
     Ok(Codec::new(params))
 }
 
-fn threads(threads: Option<i64>) -> PyResult<Threads> {
-    Threads::from_count(threads).map_err(|e| codec_error_to_py(&e))
+fn threads(py: Python<'_>, threads: Option<&Bound<'_, PyAny>>) -> PyResult<Threads> {
+    let count = match threads {
+        Some(t) if !t.is_none() => {
+            Some(int_arg(py, t, "threads", "an integer in 1..=1024 or None")?)
+        }
+        _ => None,
+    };
+    Threads::from_count(count).map_err(|e| codec_error_to_py(&e))
 }
 
-fn shape_error(py: Python<'_>, message: String) -> PyErr {
-    nexusquant_error(py, "ShapeError", message)
+fn shape_str(s: &[usize]) -> String {
+    match s {
+        [a] => format!("({a},)"),
+        _ => format!(
+            "({})",
+            s.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
-fn not_contiguous(py: Python<'_>, name: &str) -> PyErr {
-    shape_error(py, format!("{name} must be a C-contiguous array"))
+/// `obj` as a C-contiguous numpy array of `ndim` dimensions, or the error naming `name`.
+fn array<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    ndim: usize,
+    layout: &str,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let py = obj.py();
+    let a = obj.cast::<PyUntypedArray>().map_err(|_| {
+        let ty = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        error(
+            py,
+            "InvalidArgumentError",
+            format!("{name} must be a numpy array {layout}, got {ty}"),
+        )
+    })?;
+    if a.ndim() != ndim {
+        return Err(error(
+            py,
+            "ShapeError",
+            format!(
+                "{name} must be {ndim}-D {layout}, got shape {}",
+                shape_str(a.shape())
+            ),
+        ));
+    }
+    if !a.is_c_contiguous() {
+        return Err(error(
+            py,
+            "ShapeError",
+            format!("{name} must be C-contiguous {layout}"),
+        ));
+    }
+    Ok(a.clone())
 }
 
-/// The bit patterns of 16-bit floats, reinterpreted as `T` (`f16` and `bf16` are
-/// `repr(transparent)` over `u16`).
-fn as_halves<T: bytemuck::Pod>(bits: &[u16]) -> &[T] {
-    bytemuck::cast_slice(bits)
+/// Checks a numpy dtype against the type it must hold.
+fn check_dtype(a: &Bound<'_, PyUntypedArray>, name: &str, want: &str, ok: bool) -> PyResult<()> {
+    if ok {
+        Ok(())
+    } else {
+        let got = a.dtype().str().map(|s| s.to_string()).unwrap_or_default();
+        Err(error(
+            a.py(),
+            "UnsupportedDtypeError",
+            format!("{name} must have numpy dtype {want}, got {got}"),
+        ))
+    }
 }
 
-fn as_halves_mut<T: bytemuck::Pod>(bits: &mut [u16]) -> &mut [T] {
-    bytemuck::cast_slice_mut(bits)
+fn check_shape(py: Python<'_>, name: &str, got: &[usize], want: &[usize]) -> PyResult<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(error(
+            py,
+            "ShapeError",
+            format!(
+                "{name} must have shape {}, got {}",
+                shape_str(want),
+                shape_str(got)
+            ),
+        ))
+    }
 }
 
-fn run_encode<T: Element>(
+fn writable(py: Python<'_>, name: &str) -> PyErr {
+    error(
+        py,
+        "InvalidArgumentError",
+        format!("{name} must be a writeable array that no other argument shares"),
+    )
+}
+
+fn run<R: Send>(py: Python<'_>, f: impl FnOnce() -> Result<R, CodecError> + Send) -> PyResult<R> {
+    py.detach(f).map_err(|e| codec_error_to_py(&e))
+}
+
+/// The validated outputs of `encode`.
+struct EncodeOut<'py> {
+    codes: PyReadwriteArray2<'py, u8>,
+    scales: PyReadwriteArray1<'py, u16>,
+}
+
+fn encode_outputs<'py>(
+    codes_out: &Bound<'py, PyAny>,
+    scales_out: &Bound<'py, PyAny>,
+    n: usize,
+    cb: usize,
+) -> PyResult<EncodeOut<'py>> {
+    let py = codes_out.py();
+    let c = array(codes_out, "codes_out", 2, "(N, head_dim*bits/8) uint8")?;
+    check_dtype(
+        &c,
+        "codes_out",
+        "uint8",
+        c.dtype().is_equiv_to(&dtype::<u8>(py)),
+    )?;
+    check_shape(py, "codes_out", c.shape(), &[n, cb])?;
+    let s = array(scales_out, "scales_out", 1, "(N,) uint16")?;
+    check_dtype(
+        &s,
+        "scales_out",
+        "uint16 (fp16 bit patterns)",
+        s.dtype().is_equiv_to(&dtype::<u16>(py)),
+    )?;
+    check_shape(py, "scales_out", s.shape(), &[n])?;
+    Ok(EncodeOut {
+        codes: codes_out.extract().map_err(|_| writable(py, "codes_out"))?,
+        scales: scales_out
+            .extract()
+            .map_err(|_| writable(py, "scales_out"))?,
+    })
+}
+
+fn encode_typed<T: Element>(
     py: Python<'_>,
     c: &Codec,
     x: &[T],
-    codes: &mut [u8],
-    scales: &mut [u16],
+    out: &mut EncodeOut<'_>,
     t: Threads,
 ) -> PyResult<()> {
-    py.detach(|| c.encode_into(x, codes, scales, t))
-        .map_err(|e| codec_error_to_py(&e))
-}
-
-fn run_decode<T: Element>(
-    py: Python<'_>,
-    c: &Codec,
-    codes: &[u8],
-    scales: &[u16],
-    out: &mut [T],
-    t: Threads,
-) -> PyResult<()> {
-    py.detach(|| c.decode_into(codes, scales, out, t))
-        .map_err(|e| codec_error_to_py(&e))
+    let codes = out
+        .codes
+        .as_slice_mut()
+        .map_err(|_| writable(py, "codes_out"))?;
+    let scales = out
+        .scales
+        .as_slice_mut()
+        .map_err(|_| writable(py, "scales_out"))?;
+    run(py, || c.encode_into(x, codes, scales, t))
 }
 
 /// Encodes the rows of `x` (N, head_dim) into `codes_out` (N, head_dim·bits/8) uint8 and
-/// `scales_out` (N,) uint16 (fp16 bit patterns). `dtype` names x's element type; 16-bit types
-/// come as uint16 bit patterns.
+/// `scales_out` (N,) uint16 (fp16 bit patterns), in place. `dtype` names x's element type:
+/// "float32" (numpy float32), "float16" (numpy float16 or uint16 bit patterns) or "bfloat16"
+/// (uint16 bit patterns). `threads=None` uses every core.
 #[pyfunction]
 #[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
-    mut codes_out: PyReadwriteArray2<'_, u8>,
-    mut scales_out: PyReadwriteArray1<'_, u16>,
-    bits: i64,
-    seed: u64,
+    codes_out: &Bound<'_, PyAny>,
+    scales_out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
     dtype: &str,
-    threads: Option<i64>,
+    threads: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    let t = self::threads(threads)?;
-    let codes = codes_out
-        .as_slice_mut()
-        .map_err(|_| not_contiguous(py, "codes_out"))?;
-    let scales = scales_out
-        .as_slice_mut()
-        .map_err(|_| not_contiguous(py, "scales_out"))?;
-    match dtype {
-        "float32" => {
-            let x: PyReadonlyArray2<'_, f32> = x.extract()?;
-            let c = codec(x.shape()[1], bits, seed)?;
-            let xs = x.as_slice().map_err(|_| not_contiguous(py, "x"))?;
-            run_encode(py, &c, xs, codes, scales, t)
+    let dt = Dtype::parse(py, dtype)?;
+    let t = self::threads(py, threads)?;
+    let xa = array(x, "x", 2, "(N, head_dim)")?;
+    check_dtype(&xa, "x", dt.wanted(), dt.accepts(&xa))?;
+    let (n, d) = (xa.shape()[0], xa.shape()[1]);
+    let c = codec(py, d, bits, seed)?;
+    let mut out = encode_outputs(codes_out, scales_out, n, c.params().code_bytes())?;
+    if dt == Dtype::F32 {
+        let x: PyReadonlyArray2<'_, f32> = x.extract()?;
+        encode_typed(py, &c, x.as_slice()?, &mut out, t)
+    } else {
+        // float16 as numpy float16 has the same bits as uint16: read either as uint16.
+        let x = xa.call_method1("view", (numpy::dtype::<u16>(py),))?;
+        let x: PyReadonlyArray2<'_, u16> = x.extract()?;
+        let bits = x.as_slice()?;
+        match dt {
+            Dtype::F16 => encode_typed::<f16>(py, &c, bytemuck::cast_slice(bits), &mut out, t),
+            _ => encode_typed::<bf16>(py, &c, bytemuck::cast_slice(bits), &mut out, t),
         }
-        "float16" | "bfloat16" => {
-            let x: PyReadonlyArray2<'_, u16> = x.extract()?;
-            let c = codec(x.shape()[1], bits, seed)?;
-            let xs = x.as_slice().map_err(|_| not_contiguous(py, "x"))?;
-            if dtype == "float16" {
-                run_encode(py, &c, as_halves::<f16>(xs), codes, scales, t)
-            } else {
-                run_encode(py, &c, as_halves::<bf16>(xs), codes, scales, t)
-            }
-        }
-        other => Err(nexusquant_error(
-            py,
-            "UnsupportedDtypeError",
-            format!("dtype must be one of {DTYPES}, got {other:?}"),
-        )),
     }
 }
 
 /// Decodes `codes` (N, head_dim·bits/8) uint8 and `scales` (N,) uint16 into `out`
-/// (N, head_dim) of `dtype` (16-bit types as uint16 bit patterns).
+/// (N, head_dim), in place, rounding to `dtype` ("float32": numpy float32; "float16": numpy
+/// float16 or uint16 bit patterns; "bfloat16": uint16 bit patterns).
 #[pyfunction]
 #[pyo3(signature = (codes, scales, out, *, bits, seed, dtype, threads=None))]
 #[allow(clippy::too_many_arguments)]
 fn decode(
     py: Python<'_>,
-    codes: PyReadonlyArray2<'_, u8>,
-    scales: PyReadonlyArray1<'_, u16>,
+    codes: &Bound<'_, PyAny>,
+    scales: &Bound<'_, PyAny>,
     out: &Bound<'_, PyAny>,
-    bits: i64,
-    seed: u64,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
     dtype: &str,
-    threads: Option<i64>,
+    threads: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    let t = self::threads(threads)?;
-    let cs = codes.as_slice().map_err(|_| not_contiguous(py, "codes"))?;
-    let ss = scales
-        .as_slice()
-        .map_err(|_| not_contiguous(py, "scales"))?;
-    match dtype {
-        "float32" => {
-            let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
-            let c = codec(out.shape()[1], bits, seed)?;
-            let os = out.as_slice_mut().map_err(|_| not_contiguous(py, "out"))?;
-            run_decode(py, &c, cs, ss, os, t)
+    let dt = Dtype::parse(py, dtype)?;
+    let t = self::threads(py, threads)?;
+    let oa = array(out, "out", 2, "(N, head_dim)")?;
+    check_dtype(&oa, "out", dt.wanted(), dt.accepts(&oa))?;
+    let (n, d) = (oa.shape()[0], oa.shape()[1]);
+    let c = codec(py, d, bits, seed)?;
+    let ca = array(codes, "codes", 2, "(N, head_dim*bits/8) uint8")?;
+    check_dtype(
+        &ca,
+        "codes",
+        "uint8",
+        ca.dtype().is_equiv_to(&numpy::dtype::<u8>(py)),
+    )?;
+    check_shape(py, "codes", ca.shape(), &[n, c.params().code_bytes()])?;
+    let sa = array(scales, "scales", 1, "(N,) uint16")?;
+    check_dtype(
+        &sa,
+        "scales",
+        "uint16 (fp16 bit patterns)",
+        sa.dtype().is_equiv_to(&numpy::dtype::<u16>(py)),
+    )?;
+    check_shape(py, "scales", sa.shape(), &[n])?;
+    let codes: PyReadonlyArray2<'_, u8> = codes.extract()?;
+    let scales: PyReadonlyArray1<'_, u16> = scales.extract()?;
+    let (cs, ss) = (codes.as_slice()?, scales.as_slice()?);
+    if dt == Dtype::F32 {
+        let mut o: PyReadwriteArray2<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
+        let os = o.as_slice_mut()?;
+        run(py, || c.decode_into(cs, ss, os, t))
+    } else {
+        let view = oa.call_method1("view", (numpy::dtype::<u16>(py),))?;
+        let mut o: PyReadwriteArray2<'_, u16> = view.extract().map_err(|_| writable(py, "out"))?;
+        let os = o.as_slice_mut()?;
+        match dt {
+            Dtype::F16 => run(py, || {
+                c.decode_into::<f16>(cs, ss, bytemuck::cast_slice_mut(os), t)
+            }),
+            _ => run(py, || {
+                c.decode_into::<bf16>(cs, ss, bytemuck::cast_slice_mut(os), t)
+            }),
         }
-        "float16" | "bfloat16" => {
-            let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
-            let c = codec(out.shape()[1], bits, seed)?;
-            let os = out.as_slice_mut().map_err(|_| not_contiguous(py, "out"))?;
-            if dtype == "float16" {
-                run_decode(py, &c, cs, ss, as_halves_mut::<f16>(os), t)
-            } else {
-                run_decode(py, &c, cs, ss, as_halves_mut::<bf16>(os), t)
-            }
-        }
-        other => Err(nexusquant_error(
-            py,
-            "UnsupportedDtypeError",
-            format!("dtype must be one of {DTYPES}, got {other:?}"),
-        )),
     }
 }
 
 /// The scalar baseline: the same rotation, then per-vector round-to-nearest at `bits` with the
-/// best clipping scale; encodes and decodes float32 rows of `x` (N, head_dim) into `out`.
+/// best clipping scale (one fp16 step); encodes and decodes the float32 rows of `x`
+/// (N, head_dim) into `out` (same shape), in place. For benchmarks and evaluation only.
 #[pyfunction]
 #[pyo3(signature = (x, out, *, bits, seed, threads=None))]
 fn scalar_roundtrip(
     py: Python<'_>,
-    x: PyReadonlyArray2<'_, f32>,
-    mut out: PyReadwriteArray2<'_, f32>,
-    bits: i64,
-    seed: u64,
-    threads: Option<i64>,
+    x: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    threads: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    let t = self::threads(threads)?;
-    let c = codec(x.shape()[1], bits, seed)?;
-    let xs = x.as_slice().map_err(|_| not_contiguous(py, "x"))?;
-    let os = out.as_slice_mut().map_err(|_| not_contiguous(py, "out"))?;
-    py.detach(|| c.scalar_roundtrip(xs, os, t))
-        .map_err(|e| codec_error_to_py(&e))
+    let t = self::threads(py, threads)?;
+    let xa = array(x, "x", 2, "(N, head_dim) float32")?;
+    check_dtype(&xa, "x", "float32", Dtype::F32.accepts(&xa))?;
+    let oa = array(out, "out", 2, "(N, head_dim) float32")?;
+    check_dtype(&oa, "out", "float32", Dtype::F32.accepts(&oa))?;
+    check_shape(py, "out", oa.shape(), xa.shape())?;
+    let c = codec(py, xa.shape()[1], bits, seed)?;
+    let x: PyReadonlyArray2<'_, f32> = x.extract()?;
+    let mut o: PyReadwriteArray2<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
+    let (xs, os) = (x.as_slice()?, o.as_slice_mut()?);
+    run(py, || c.scalar_roundtrip(xs, os, t))
 }
 
-/// Build information: crate version, target, SIMD level detected at run time, threads.
+/// Build information: crate version, codec version, target, SIMD level detected at run time,
+/// rayon's thread count, and whether this is a debug or release build.
 #[pyfunction]
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -192,14 +399,12 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("target_os", std::env::consts::OS)?;
     d.set_item("simd", simd_level())?;
     d.set_item("threads", rayon::current_num_threads())?;
-    d.set_item(
-        "profile",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-    )?;
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    d.set_item("profile", profile)?;
     Ok(d)
 }
 
