@@ -12,6 +12,7 @@ import torch
 from conftest import make_char_tokenizer, make_tiny_llama
 from transformers import DynamicCache
 
+import nexusquant as nq
 from nexusquant import NexusQuantCache, errors
 from nexusquant.eval import harness
 
@@ -149,12 +150,37 @@ def test_format_and_settings_arguments(tmp_path):
 
 def test_specs_cover_both_protocols():
     specs = harness.cache_specs([(3, 2)], quanto=True)
-    assert [s.name for s in specs] == ["K3V2 w0", "K3V2 default", "quanto int4", "quanto int2"]
+    assert [s.name for s in specs] == ["K3V2 w0", "K3V2 default", "K3V2 rtn", "quanto int4", "quanto int2"]
     assert (specs[0].sink_tokens, specs[0].window, specs[0].block) == (0, 0, 1)
     assert (specs[1].sink_tokens, specs[1].window, specs[1].block) == (4, 128, 64)
     model = make_tiny_llama()
     cache = specs[0].fill(model, DynamicCache(config=model.config))
     assert isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0
+
+
+def test_rtn_baseline_rounds_every_token_to_the_scalar_grid():
+    """The simulated scalar baseline stores _core.scalar_roundtrip of each head-vector: after
+    the rotation every value sits on its vector's uniform 2^b-level grid, and it is worse than
+    the E8 codec at the same bits on the same data."""
+    from nexusquant import reference
+
+    model = make_tiny_llama()
+    exact = DynamicCache(config=model.config)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 40, 64, generator=g)
+    exact.update(x, 2 * x, 0)
+    spec = harness.cache_specs([(4, 3)], quanto=False)[2]
+    cache = spec.fill(model, exact)
+    keys, values = cache.layers[0].keys, cache.layers[0].values
+    assert keys.shape == x.shape and not torch.equal(keys, x)
+    for stored, bits in ((keys, 4), (values, 3)):
+        rotated = reference.rotate(stored.reshape(-1, 64).double(), 0)
+        scale = rotated.abs().amax(dim=1, keepdim=True)
+        for row in (rotated / scale * 1e3).round():
+            assert 2 <= row.unique().numel() <= 2**bits
+    e8 = nq.dequantize(nq.quantize(x, 4))
+    assert ((keys - x) ** 2).sum() > ((e8 - x) ** 2).sum()
+    assert math.isnan(harness.cache_memory(model, cache, 40)["bytes"])
 
 
 def test_run_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys, monkeypatch):
@@ -175,6 +201,7 @@ def test_run_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys, monkeypatch)
     printed = capsys.readouterr().out
     assert "K4V4 w0" in printed and "K4V4 default" in printed and "tokens/s" in printed
     result = json.loads(out_json.read_text())
-    assert set(result["quality"]["results"]) == {"K4V4 w0", "K4V4 default"}
+    assert set(result["quality"]["results"]) == {"K4V4 w0", "K4V4 default", "K4V4 rtn"}
+    assert math.isnan(result["quality"]["results"]["K4V4 rtn"]["bytes"])
     assert result["passkey"]["total"] == 6 and result["quanto"] == "skipped in this test"
     assert harness.main(["--text", str(tmp_path / "nope.txt")]) == 2

@@ -225,6 +225,50 @@ def test_attention_function_runs_fused_kernel_on_decode_steps(monkeypatch):
     assert calls == [1] and out.shape == (2, 5, 8, 64)  # prefill: SDPA on dequantised K/V
 
 
+@on_gpu
+def test_cache_decodes_through_the_fused_kernel_in_generate(monkeypatch):
+    """NexusQuantCache + attn_implementation="nexusquant" on CUDA: every decode step runs the
+    fused kernel on the handed-over PackedKV (no decoded K/V), and the logits stay within fp16
+    noise of the dequantize path's."""
+    from conftest import make_tiny_llama, random_prompt
+
+    from nexusquant._hf import cache_kwarg
+    from nexusquant.cache import NexusQuantLayer
+
+    model = make_tiny_llama(layers=2, dtype=torch.float16).cuda()
+    model.set_attn_implementation(gpu.register_attention())
+    prompt = random_prompt(300, seed=5).cuda()
+    settings = dict(key_bits=3, value_bits=2, sink_tokens=4, window=32, block=16)
+    calls, decoded = [], []
+    fused = attention.fused_decode_attention
+    monkeypatch.setattr(
+        attention, "fused_decode_attention", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    materialise = NexusQuantLayer._materialise
+    monkeypatch.setattr(
+        NexusQuantLayer, "_materialise", lambda *a, **k: decoded.append(1) or materialise(*a, **k)
+    )
+    caches = {m: nq.NexusQuantCache(model.config, attention=m, **settings) for m in ("fused", "dequantize")}
+    logits = {}
+    for mode, cache in caches.items():
+        calls.clear(), decoded.clear()
+        kw = {cache_kwarg(model): cache, "use_cache": True}
+        out = model(prompt, **kw)
+        steps = [out.logits[:, -1].float()]
+        token = out.logits[:, -1:].argmax(-1)
+        for _ in range(20):  # the same tokens for both caches: only the attention path differs
+            out = model(token, **kw)
+            steps.append(out.logits[:, -1].float())
+            token = (token * 7 + 11) % model.config.vocab_size
+        logits[mode] = torch.stack(steps)
+        if mode == "fused":
+            assert len(calls) == 2 * 20 and len(decoded) == 2 * 2  # decode: fused; prefill: SDPA
+        else:
+            assert calls == [] and len(decoded) == 2 * 2 * 21
+    scale = logits["dequantize"].abs().amax()
+    assert (logits["fused"] - logits["dequantize"]).abs().amax() <= 2e-2 * scale
+
+
 # --------------------------------------------------------------------------------------------
 # everywhere
 

@@ -138,6 +138,21 @@ class _Layout:
         return cls(types, kwargs, None)
 
 
+#: Values of ``NexusQuantCache(attention=...)``.
+ATTENTION_MODES = ("auto", "fused", "dequantize")
+
+
+def _is_nexusquant_attention(name: str | None) -> bool:
+    """Whether transformers' attention function registered as ``name`` is nexusquant's."""
+    if not isinstance(name, str):
+        return False
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: PLC0415
+
+    from ..gpu.attention import nexusquant_attention  # noqa: PLC0415 - imports no CuPy
+
+    return ALL_ATTENTION_FUNCTIONS.get(name) is nexusquant_attention
+
+
 # --------------------------------------------------------------------------------------------
 # the cache
 
@@ -168,6 +183,11 @@ class NexusQuantCache(Cache):
         offload: ``None`` keeps every buffer on the model's device; ``"host"`` keeps the packed
             codes and scales in host memory (pinned on CUDA) and prefetches the next layer's
             during each layer's update (see :mod:`nexusquant.cache.offload`).
+        attention: how single-token decode steps reach attention: ``"auto"`` (default) hands
+            the packed codes to nexusquant's fused attention when the model runs it
+            (``attn_implementation="nexusquant"``) and decodes one layer at a time otherwise;
+            ``"fused"`` requires the fused attention; ``"dequantize"`` always decodes (see
+            :meth:`hands_over`). Offloaded and evicting layers always decode.
 
     Raises:
         BitsError: a bit width outside 1..8.
@@ -191,6 +211,7 @@ class NexusQuantCache(Cache):
         seed: int = 0,
         quantize: bool = True,
         offload: str | None = None,
+        attention: str = "auto",
     ):
         layout = _Layout.from_config(config)
         if quantize:
@@ -208,6 +229,8 @@ class NexusQuantCache(Cache):
             seed=seed,
             quantize=quantize,
             offload=offload,
+            attention=attention,
+            attention_config=decoder_config(config),
         )
 
     def _setup(
@@ -225,6 +248,8 @@ class NexusQuantCache(Cache):
         seed: int,
         quantize: bool,
         offload: str | None,
+        attention: str = "auto",
+        attention_config: Any = None,
     ) -> None:
         key_bits = codec.check_bits(key_bits, "key_bits")
         value_bits = codec.check_bits(value_bits, "value_bits")
@@ -234,6 +259,15 @@ class NexusQuantCache(Cache):
         seed = codec.check_seed(seed)
         if not isinstance(quantize, bool):
             raise InvalidArgumentError(f"quantize must be True or False, got {quantize!r}")
+        if attention not in ATTENTION_MODES:
+            raise InvalidArgumentError(
+                f"attention must be one of {list(ATTENTION_MODES)}, got {attention!r}"
+            )
+        if attention == "fused" and attention_config is None:
+            raise InvalidArgumentError(
+                "attention='fused' needs the model's config (NexusQuantCache(model.config, ...) or "
+                "compress_kv_cache(..., config=model.config)) to check its attention implementation"
+            )
         layer_cls = layer_class(offload)
         n = len(layout.layer_types)
         boundary_layers = _check_int("boundary_layers", boundary_layers, 0)
@@ -286,6 +320,9 @@ class NexusQuantCache(Cache):
         self.key_bits, self.value_bits = key_bits, value_bits
         self.sink_tokens, self.window, self.block = sink_tokens, window, block
         self.seed, self.quantize = seed, quantize
+        self.attention = attention
+        #: The decoder config whose ``_attn_implementation`` decides the hand-over (or None).
+        self._attention_config = attention_config
         #: Left padding of each row, ``(B,)`` int64 on CPU, from the last recorded mask.
         self._pads: torch.Tensor | None = None
         self._cuda_mark = (
@@ -304,8 +341,35 @@ class NexusQuantCache(Cache):
         and values for attention (see :meth:`NexusQuantLayer.update`)."""
         layer = self.layers[layer_idx]
         if isinstance(layer, NexusQuantLayer):
-            return layer.update(key_states, value_states, pads=self._row_pads(key_states.shape[0]))
+            packed = key_states.shape[2] == 1 and layer.hands_over_packed and self.hands_over()
+            return layer.update(
+                key_states, value_states, pads=self._row_pads(key_states.shape[0]), packed=packed
+            )
         return layer.update(key_states, value_states, *args, **kwargs)
+
+    def hands_over(self) -> bool:
+        """Whether single-token decode steps hand the layers' packed state to fused attention
+        instead of decoding it (``attention`` argument; ``docs/gpu.md``, "Hand-over from the
+        cache"): ``"auto"`` does when the model's attention implementation is
+        :func:`nexusquant.gpu.nexusquant_attention` (registered with
+        :func:`nexusquant.gpu.register_attention` and loaded with
+        ``attn_implementation="nexusquant"``), ``"fused"`` requires it, ``"dequantize"`` never
+        does. Any other attention function would attend to the sink and window tokens alone.
+
+        Raises:
+            InvalidArgumentError: ``attention="fused"`` and the model's attention is another.
+        """
+        if self.attention == "dequantize":
+            return False
+        name = getattr(self._attention_config, "_attn_implementation", None)
+        fused = _is_nexusquant_attention(name)
+        if self.attention == "fused" and not fused:
+            raise InvalidArgumentError(
+                f"attention='fused' needs a model whose attention implementation is nexusquant's "
+                f"(nexusquant.gpu.register_attention(), then attn_implementation='nexusquant'); "
+                f"this model uses {name!r}"
+            )
+        return fused
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the rows for beam search (every layer and the recorded padding)."""

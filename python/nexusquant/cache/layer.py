@@ -130,6 +130,12 @@ class _RowPlan:
     def window_after(self) -> int:
         return self.window + self.new - self.to_sinks - self.to_code
 
+    def stored(self) -> _RowPlan:
+        """The row as it is after this forward stored its tokens (nothing new pending)."""
+        return _RowPlan(
+            self.sinks + self.to_sinks, self.coded + self.to_code, self.window_after, 0, 0, 0
+        )
+
 
 def _grown(buf: torch.Tensor, needed: int, limit: int | None = None) -> torch.Tensor:
     """``buf`` with capacity (dim 2) at least ``needed``: unchanged if it has it, else a zero
@@ -164,6 +170,9 @@ class NexusQuantLayer(CacheLayerMixin):
 
     is_sliding = False
     is_compileable = False
+    #: Whether :meth:`update` can hand its state over as a packed view (``packed=True``) instead
+    #: of decoded K/V; subclasses whose storage a fused kernel cannot read in place say False.
+    hands_over_packed = True
 
     def __init__(
         self,
@@ -246,6 +255,7 @@ class NexusQuantLayer(CacheLayerMixin):
         value_states: torch.Tensor,
         *args,
         pads: list[int] | None = None,
+        packed: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the forward's new tokens and return the layer's keys and values for attention.
@@ -255,11 +265,24 @@ class NexusQuantLayer(CacheLayerMixin):
             value_states: ``(B, H, q, dv)`` the forward's values.
             pads: left-padding length of each row (leading zeros of the 2-D attention mask);
                 ``None``: no padding. Positions before ``pads[r]`` are not stored.
+            packed: hand the state over to a fused attention function instead of decoding it
+                (``docs/gpu.md``, "Hand-over from the cache"); only where
+                :attr:`hands_over_packed`.
 
         Returns:
             ``(keys, values)``: ``(B, H, T + q, d)`` and ``(B, H, T + q, dv)`` in the model dtype,
-            each row's tokens right-aligned, coded tokens decoded, pad slots zero.
+            each row's tokens right-aligned, coded tokens decoded, pad slots zero. A forward of
+            several tokens (a prompt) sees its own tokens exactly, also those it codes; a
+            single-token forward sees the layer as stored after it (tokens it moved out of the
+            window decoded), which is what a fused kernel reads. With ``packed``: the raw sink and window slots ``(B, H, Tr, d)`` (keys) and ``(B, H, Tr,
+            dv)`` (values), the :class:`~nexusquant.gpu.attention.PackedKV` of the whole layer
+            attached to the keys (:func:`~nexusquant.gpu.attention.packed_view` finds it);
+            nothing is decoded.
         """
+        if packed and not self.hands_over_packed:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} cannot hand its storage over to fused attention (packed=True)"
+            )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self._check_input(key_states, value_states)
@@ -271,8 +294,12 @@ class NexusQuantLayer(CacheLayerMixin):
         else:
             groups = [(slice(r, r + 1), p) for r, p in enumerate(plans)]
         total = self.cumulative_length + q
-        keys = self._materialise(groups, key_states, total, values=False)
-        values = self._materialise(groups, value_states, total, values=True)
+        # A prompt attends to its own tokens exactly; a single-token step attends to what the
+        # layer holds after storing it (the same tokens coded or not as a fused kernel sees them).
+        after = q == 1
+        if not (packed or after):
+            keys = self._materialise(groups, key_states, total, values=False)
+            values = self._materialise(groups, value_states, total, values=True)
         for rows, plan in groups:
             self._store(rows, plan, key_states, value_states)
         self.lengths = torch.tensor(
@@ -280,6 +307,15 @@ class NexusQuantLayer(CacheLayerMixin):
             dtype=torch.int32,
         ).reshape(self.batch, 3)
         self.cumulative_length = total
+        if packed:
+            from ..gpu.attention import PackedKV, attach_packed  # noqa: PLC0415 - no cupy import
+
+            view = PackedKV.from_layer_view(self.packed_view())
+            return attach_packed(view.raw_k, view), view.raw_v
+        if after:
+            stored = [(rows, plan.stored()) for rows, plan in groups]
+            keys = self._materialise(stored, key_states, total, values=False)
+            values = self._materialise(stored, value_states, total, values=True)
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:

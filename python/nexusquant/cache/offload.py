@@ -107,6 +107,9 @@ class OffloadedLayer(NexusQuantLayer):
             layers (set by :func:`link_offload`).
     """
 
+    #: The codes live in host memory, where a fused kernel cannot read them.
+    hands_over_packed = False
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.next_layer: OffloadedLayer | None = None

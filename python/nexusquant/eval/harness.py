@@ -23,7 +23,12 @@ Protocol (``design.md``, Evaluation), on one model, all figures measured in one 
 Settings ``KxVy`` run twice: with ``sink_tokens=0, window=0, block=1`` (every token coded as it
 arrives: the target protocol) and with the cache's defaults (4 sinks, window 128, block 64).
 Transformers' ``QuantizedCache`` (quanto backend, 2 and 4 bits, its defaults: residual 128
-tokens, group 64) runs alongside when ``optimum-quanto`` is installed.
+tokens, group 64) runs alongside when ``optimum-quanto`` is installed. So does, per setting, the
+scalar baseline of the targets' table, "rotation + round-to-nearest at the same bits"
+(``KxVy rtn``): the codec's rotation, then per-vector uniform rounding with the best of 32
+clipping scales and one fp16 scale (``nexusquant._core.scalar_roundtrip``) applied to every
+token as it arrives (the w0 protocol). It is simulated (it holds the round-tripped values in the
+model dtype), so it has no memory figures.
 """
 
 from __future__ import annotations
@@ -81,8 +86,9 @@ class CacheSpec:
 
     Attributes:
         name: label in tables and JSON.
-        kind: ``"exact"`` (DynamicCache), ``"nexusquant"`` or ``"quanto"`` (transformers'
-            QuantizedCache with the optimum-quanto backend).
+        kind: ``"exact"`` (DynamicCache), ``"nexusquant"``, ``"quanto"`` (transformers'
+            QuantizedCache with the optimum-quanto backend) or ``"rtn"`` (:class:`RoundTripCache`,
+            the simulated scalar baseline at ``key_bits`` / ``value_bits``).
         key_bits, value_bits: nexusquant bits per element.
         sink_tokens, window, block: nexusquant exact tokens and block size.
         nbits: quanto bits (2 or 4).
@@ -111,12 +117,48 @@ class CacheSpec:
                 prefilled, self.key_bits, self.value_bits, config=model.config,
                 sink_tokens=self.sink_tokens, window=self.window, block=self.block,
             )
-        if self.kind == "quanto":
-            cache = QuantizedCache(backend="quanto", config=model.config, nbits=self.nbits)
+        if self.kind in ("quanto", "rtn"):
+            if self.kind == "quanto":
+                cache = QuantizedCache(backend="quanto", config=model.config, nbits=self.nbits)
+            else:
+                cache = RoundTripCache(model.config, self.key_bits, self.value_bits)
             for idx, layer in enumerate(prefilled.layers):
-                cache.update(layer.keys, layer.values, idx)
+                if layer.is_initialized and layer.keys is not None:
+                    cache.update(layer.keys, layer.values, idx)
             return cache
-        raise InvalidArgumentError(f"kind must be exact, nexusquant or quanto, got {self.kind!r}")
+        raise InvalidArgumentError(f"kind must be exact, nexusquant, quanto or rtn, got {self.kind!r}")
+
+
+def _dynamic_cache_class() -> type:
+    from transformers import DynamicCache  # noqa: PLC0415
+
+    return DynamicCache
+
+
+class RoundTripCache(_dynamic_cache_class()):
+    """The scalar baseline, simulated: a ``DynamicCache`` that stores every key and value
+    head-vector after the codec's rotation, per-vector round-to-nearest at ``key_bits`` /
+    ``value_bits`` with the best clipping scale (fp16), and the inverse rotation
+    (``nexusquant._core.scalar_roundtrip``, float32 arithmetic), in the model dtype."""
+
+    def __init__(self, config: Any, key_bits: int, value_bits: int, seed: int = 0):
+        super().__init__(config=config)
+        self.key_bits, self.value_bits, self.seed = key_bits, value_bits, seed
+
+    def _round_trip(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        from .. import _core  # noqa: PLC0415
+
+        flat = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float32).contiguous()
+        out = torch.empty_like(flat)
+        _core.scalar_roundtrip(flat.numpy(), out.numpy(), bits=bits, seed=self.seed)
+        return out.reshape(x.shape).to(x.device, x.dtype)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(
+            self._round_trip(key_states, self.key_bits),
+            self._round_trip(value_states, self.value_bits),
+            layer_idx, *args, **kwargs,
+        )
 
 
 def parse_settings(text: str) -> list[tuple[int, int]]:
@@ -171,6 +213,7 @@ def cache_specs(pairs: Sequence[tuple[int, int]], *, quanto: bool) -> list[Cache
     for k, v in pairs:
         specs.append(CacheSpec(f"K{k}V{v} w0", "nexusquant", k, v, sink_tokens=0, window=0, block=1))
         specs.append(CacheSpec(f"K{k}V{v} default", "nexusquant", k, v, sink_tokens=4, window=128, block=64))
+        specs.append(CacheSpec(f"K{k}V{v} rtn", "rtn", k, v))
     if quanto:
         specs += [CacheSpec(f"quanto int{n}", "quanto", nbits=n) for n in (4, 2)]
     return specs
@@ -232,6 +275,8 @@ def cache_memory(model: Any, cache: Any, tokens: int) -> dict[str, float]:
         report = cache.memory_report()
         return {"bytes": report.total, "fp16_ratio": report.fp16_ratio,
                 "used_fp16_ratio": report.used_fp16_ratio}
+    if isinstance(cache, RoundTripCache):  # simulated: what it holds says nothing
+        return {"bytes": math.nan, "fp16_ratio": math.nan, "used_fp16_ratio": math.nan}
     held = held_bytes(cache)
     ratio = fp16_bytes(model, 1, tokens) / held
     return {"bytes": held, "fp16_ratio": ratio, "used_fp16_ratio": ratio}

@@ -47,6 +47,9 @@ class EvictableLayer(NexusQuantLayer):
     :class:`NexusQuantLayer` arguments.
     """
 
+    #: transformers' masks cover absolute positions, not the compacted slots a PackedKV maps.
+    hands_over_packed = False
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         #: Positions evicted from the padded length: ``get_seq_length() - cumulative_length``.
