@@ -154,6 +154,8 @@ fn decode_group<S: Simd, T: Element>(
         let row = &mut out[l * d..(l + 1) * d];
         if nan.get(l) {
             row.fill(T::NAN);
+        } else if let Some(row) = T::as_f16_mut(row) {
+            S::store_f16(&s.rows[l * d..(l + 1) * d], row);
         } else {
             T::store(&s.rows[l * d..(l + 1) * d], row);
         }

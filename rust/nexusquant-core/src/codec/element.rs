@@ -23,6 +23,13 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds `src` into `dst` (same length), to nearest, ties to even.
     fn store(src: &[f32], dst: &mut [Self]);
+    /// `dst` as fp16 values when `Self` is `f16`, for the batched kernels' inlined F16C path.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn as_f16_mut(dst: &mut [Self]) -> Option<&mut [f16]> {
+        let _ = dst;
+        None
+    }
 }
 
 impl Element for f32 {
@@ -48,6 +55,10 @@ impl Element for f16 {
     #[inline]
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.convert_from_f32_slice(src);
+    }
+    #[inline(always)]
+    fn as_f16_mut(dst: &mut [Self]) -> Option<&mut [f16]> {
+        Some(dst)
     }
 }
 

@@ -158,14 +158,28 @@ struct Scratch<S: Simd> {
     v: Vec<S::F>,
     /// The current candidate's reconstruction `ŷ = P̂ / 4`.
     yhat: Vec<S::F>,
-    /// The three candidates' codes, `codes[t · d/8 + j]` for block `j`.
-    codes: Vec<[S::I; 8]>,
+    /// The three candidates' codes, `codes[t · d/8 + j][k][l]`: code `k` of block `j`, lane `l`.
+    codes: Vec<[[i32; L]; 8]>,
+    /// The three candidates' codebook points `P̂` (quarter-units), laid out as `codes`.
+    points: Vec<[[i32; L]; 8]>,
+    /// The blocks of the group whose nearest point is not certainly valid, for the retries.
+    queue: Vec<Pending>,
     /// Scratch of `fold_lanes`.
     fold: Vec<S::F>,
     /// The group's head-vectors in binary32, row after row.
     rows: Vec<f32>,
     /// Each lane's packed codes, `d·b/8 + 8` bytes per lane (8-byte stores may run over).
     bytes: Vec<u8>,
+}
+
+/// A block whose nearest point is not (or not certainly) inside the cell: its scaled values
+/// `z`, where its results go (`at = t · d/8 + j`, lane `lane`) and the first `s` to try.
+#[derive(Clone, Copy)]
+struct Pending {
+    z: [f32; 8],
+    at: u32,
+    lane: u8,
+    s: u8,
 }
 
 /// Encodes the rows of `x` (`n·d` values) into `codes` (`n·d·b/8` bytes) and `scales` (`n`),
@@ -184,7 +198,9 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
     let mut s = Scratch::<S> {
         v: vec![zero; d],
         yhat: vec![zero; d],
-        codes: vec![[S::I::splat(0); 8]; 3 * d / 8],
+        codes: vec![[[0; L]; 8]; 3 * d / 8],
+        points: vec![[[0; L]; 8]; 3 * d / 8],
+        queue: Vec::with_capacity(3 * d),
         fold: vec![zero; d.next_power_of_two() / 2],
         rows: vec![0.0; L * d],
         bytes: vec![0; L * (cb + 8)],
@@ -198,47 +214,96 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
     }
 }
 
-/// Lane-wise [`nearest_shifted`]: codes, `P = 2Y + 1` (equal to `P̂` in the lanes whose point
-/// is inside the cell), and those lanes.
+/// Codes, `P = 2Y + 1`, strictly-inside lanes and strictly-outside lanes (see [`nearest_lanes`]).
+type Nearest<S> = (
+    [<S as Simd>::I; 8],
+    [<S as Simd>::I; 8],
+    <S as Simd>::M,
+    <S as Simd>::M,
+);
+
+/// Lane-wise nearest point of `E8 + ¼` to `z`: codes, `P = 2Y + 1`, and the lanes where `P`
+/// is strictly inside the cell (valid: `P̂ = P`) or strictly outside (overload). Lanes in
+/// neither are on the cell's boundary and need the literal test `VDEC(code) == P`.
 #[inline(always)]
-fn nearest_shifted_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> ([S::I; 8], [S::I; 8], S::M) {
+fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> Nearest<S> {
     let quarter = S::F::splat(0.25);
     let y = qe8_lanes::<S>(&arr8(|i| z[i] - quarter));
     let code = code_lanes::<S>(&y, b);
     let one = S::I::splat(1);
     let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
-    let (mut inside, outside) = cell_test::<S>(&y, b);
-    let boundary = (inside | outside).not();
-    if boundary.any() {
-        // Rare: decide literally, P̂ = VDEC(code) against 2Y + 1.
-        let h = vdec_lanes::<S>(&code, b);
-        let ok: [S::M; 8] = arr8(|i| h[i].eq(p[i]));
-        let exact = ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]));
-        inside = inside | (boundary & exact);
-    }
-    (code, p, inside)
+    let (inside, outside) = cell_test::<S>(&y, b);
+    (code, p, inside, outside)
 }
 
-/// The overload retries of §6 step 4 for the lanes in `over`, all lanes in step: each pending
-/// lane takes the result of every `s` until its first valid one.
+/// The overload retries of §6 step 4 for every block in `queue`, [`L`] blocks at a time, each
+/// lane with its own `s`: a lane whose block found its first valid `s` writes that result to
+/// `codes` and `points` and takes the next block of the queue. Every block thus goes through
+/// exactly the `s` the spec tries for it, with no lane idling while others retry.
 #[inline(always)]
-fn retry_lanes<S: Simd>(
-    z: &[S::F; 8],
-    over: S::M,
+fn drain_retries<S: Simd>(
+    queue: &[Pending],
     b: u32,
-    code: &mut [S::I; 8],
-    p: &mut [S::I; 8],
+    codes: &mut [[[i32; L]; 8]],
+    points: &mut [[[i32; L]; 8]],
 ) {
-    let mut pending = over;
-    for s in 1..=16u8 {
-        let beta = S::F::splat(f32::from(16 - s) / 16.0);
-        let (c, h, inside) = nearest_shifted_lanes::<S>(&arr8(|i| z[i] * beta), b);
-        *code = arr8(|i| pending.select_i(c[i], code[i]));
-        *p = arr8(|i| pending.select_i(h[i], p[i]));
-        pending = pending.and_not(inside);
-        if !pending.any() {
+    let mut z = [[0f32; L]; 8];
+    let mut step = [0i32; L];
+    let mut item = [0usize; L];
+    let mut active = 0u32;
+    let mut next = 0;
+    let sixteen = S::I::splat(16);
+    let sixteenth = S::F::splat(1.0 / 16.0);
+    loop {
+        let mut free = !active & ((1 << L) - 1);
+        while free != 0 && next < queue.len() {
+            let l = free.trailing_zeros() as usize;
+            free &= free - 1;
+            let q = &queue[next];
+            for (zi, &qi) in z.iter_mut().zip(&q.z) {
+                zi[l] = qi;
+            }
+            step[l] = i32::from(q.s);
+            item[l] = next;
+            active |= 1 << l;
+            next += 1;
+        }
+        if active == 0 {
             return;
         }
+        // β = (16 − s)/16: the division by 16 is exact, as is this product.
+        let beta = (sixteen - S::I::from_array(step)).to_f32() * sixteenth;
+        let zs: [S::F; 8] = arr8(|i| S::F::from_array(z[i]) * beta);
+        let (c, h, inside, outside) = nearest_lanes::<S>(&zs, b);
+        let mut inside = inside.bits();
+        let boundary = !(inside | outside.bits()) & active;
+        if boundary != 0 {
+            // Rare: decide literally, P̂ = VDEC(code) against 2Y + 1.
+            let got = vdec_lanes::<S>(&c, b);
+            let ok: [S::M; 8] = arr8(|i| got[i].eq(h[i]));
+            let exact = ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]));
+            inside |= boundary & exact.bits();
+        }
+        let mut done = inside & active;
+        if done != 0 {
+            let (c, h) = (arr8(|k| c[k].to_array()), arr8(|k| h[k].to_array()));
+            active &= !done;
+            while done != 0 {
+                let l = done.trailing_zeros() as usize;
+                done &= done - 1;
+                let q = &queue[item[l]];
+                let (at, lane) = (q.at as usize, usize::from(q.lane));
+                for k in 0..8 {
+                    codes[at][k][lane] = c[k][l];
+                    points[at][k][lane] = h[k][l];
+                }
+            }
+        }
+        // Idle lanes compute the trivial β = 0 until they are refilled.
+        for (l, st) in step.iter_mut().enumerate() {
+            *st = if active >> l & 1 == 1 { *st + 1 } else { 16 };
+        }
+        debug_assert!(step.iter().all(|&st| st <= 16), "s = 16 is always valid");
     }
 }
 
@@ -296,22 +361,45 @@ fn encode_group<S: Simd, T: Element>(
         rms
     };
 
-    // Step 4: three candidate clipping factors.
+    // Step 4: three candidate clipping factors. First the nearest point of every block of
+    // every candidate, queueing the blocks that need the literal test or the retries; then
+    // the queue, full lanes at a time; then each candidate's scale and error.
+    s.queue.clear();
+    for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
+        let u = S::F::splat(alpha).div(rms);
+        for j in 0..nb {
+            let at = t * nb + j;
+            let z: [S::F; 8] = arr8(|i| s.v[8 * j + i] * u);
+            let (code, p, inside, outside) = nearest_lanes::<S>(&z, b);
+            s.codes[at] = arr8(|k| code[k].to_array());
+            s.points[at] = arr8(|k| p[k].to_array());
+            let mut pending = inside.not().bits();
+            if pending != 0 {
+                let (zl, outside) = (arr8(|i| z[i].to_array()), outside.bits());
+                while pending != 0 {
+                    let l = pending.trailing_zeros() as usize;
+                    pending &= pending - 1;
+                    s.queue.push(Pending {
+                        z: arr8(|i| zl[i][l]),
+                        at: at as u32,
+                        lane: l as u8,
+                        // A boundary point is tested literally at s = 0 (β = 1, exact).
+                        s: u8::from(outside >> l & 1 == 1),
+                    });
+                }
+            }
+        }
+    }
+    drain_retries::<S>(&s.queue, b, &mut s.codes, &mut s.points);
     let quarter = S::F::splat(0.25);
     let mut best_err = zero;
     let mut best_t = S::I::splat(0);
     let mut best_mh = [0u16; L];
-    for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
-        let u = S::F::splat(alpha).div(rms);
-        for j in 0..nb {
-            let z: [S::F; 8] = arr8(|i| s.v[8 * j + i] * u);
-            let (mut code, mut p, inside) = nearest_shifted_lanes::<S>(&z, b);
-            if inside.not().any() {
-                retry_lanes::<S>(&z, inside.not(), b, &mut code, &mut p);
-            }
-            s.codes[t * nb + j] = code;
-            for (y, p) in s.yhat[8 * j..8 * j + 8].iter_mut().zip(&p) {
-                *y = p.to_f32() * quarter;
+    for t in 0..3 {
+        let points = &s.points[t * nb..(t + 1) * nb];
+        for (j, p) in points.iter().enumerate() {
+            for (y, p) in s.yhat[8 * j..8 * j + 8].iter_mut().zip(p) {
+                *y = S::I::from_array(*p).to_f32() * quarter;
             }
         }
         let (v, yhat) = (&s.v, &s.yhat);
@@ -353,7 +441,14 @@ fn encode_group<S: Simd, T: Element>(
     let half_bits = 4 * b;
     for j in 0..nb {
         let (c0, c1, c2) = (&s.codes[j], &s.codes[nb + j], &s.codes[2 * nb + j]);
-        let c: [S::I; 8] = arr8(|k| is2.select_i(c2[k], is1.select_i(c1[k], c0[k])));
+        let c: [S::I; 8] = arr8(|k| {
+            let (c0, c1, c2) = (
+                S::I::from_array(c0[k]),
+                S::I::from_array(c1[k]),
+                S::I::from_array(c2[k]),
+            );
+            is2.select_i(c2, is1.select_i(c1, c0))
+        });
         let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
         let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
         let (lo, hi) = (lo.to_array(), hi.to_array());

@@ -38,6 +38,10 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// Transposes an 8 × 8 matrix held as 8 lane vectors: lane `l` of `out[i]` is lane `i` of
     /// `r[l]`. Turns 8 rows of 8 values into coordinate-major lanes and back.
     fn transpose(r: [Self::F; 8]) -> [Self::F; 8];
+
+    /// Rounds `src` to fp16 into `dst` (same length), to nearest, ties to even: the same
+    /// results as `half`'s slice conversion.
+    fn store_f16(src: &[f32], dst: &mut [half::f16]);
 }
 
 /// Lane-wise binary32 operations. Comparisons are IEEE (false on NaN).

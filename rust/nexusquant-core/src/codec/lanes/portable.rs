@@ -52,6 +52,12 @@ impl Simd for Portable {
     fn transpose(r: [F; 8]) -> [F; 8] {
         super::arr8(|i| F(super::arr8(|l| r[l].0[i])))
     }
+
+    #[inline(always)]
+    fn store_f16(src: &[f32], dst: &mut [half::f16]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
 }
 
 impl LaneF<Portable> for F {
