@@ -85,7 +85,8 @@ def test_memory_is_freed_by_eviction():
     (full, (s0, c0, w0)), (small, (s1, c1, w1)) = reports[0.0], reports[0.75]
     assert full.tokens_per_row == (320,) and small.tokens_per_row == (80,)
     assert (s1, w1) == (s0, w0) and c1 == 80 - s0 - w0
-    per_token = codec.code_bytes(64, 3) + codec.code_bytes(64, 2) + 2 * 2  # codes + 2 scales
+    bits = PRESETS["balanced"].key_bits, PRESETS["balanced"].value_bits
+    per_token = codec.code_bytes(64, bits[0]) + codec.code_bytes(64, bits[1]) + 2 * 2  # codes + 2 scales
     assert full.total - small.total == (c0 - c1) * per_token
     assert small.allocated["codes"] + small.allocated["scales"] == c1 * per_token
     assert small.used_total == small.total
@@ -372,7 +373,9 @@ def test_multi_turn_prefills_against_the_evicted_cache_and_never_recodes(monkeyp
         return encode(x, bits, *args, **kwargs)
 
     monkeypatch.setattr(codec, "encode", spy)
-    with nexusquant_evict(model, quality="balanced", token_budget=48, window=8, block=8) as nq:
+    # keys alone at 3 bits, so that the spy sees every key and no value
+    with nexusquant_evict(model, quality="balanced", token_budget=48, window=8, block=8,
+                          key_bits=3, value_bits=2) as nq:
         first = generate(model, random_prompt(120, seed=10), new=6)
         cache = nq.cache
         turn1 = {tuple(row.tolist()) for row in cache.layers[1].key_codes[0, 0]}
