@@ -15,6 +15,7 @@ from transformers import DynamicCache
 import nexusquant as nq
 from nexusquant import NexusQuantCache, errors
 from nexusquant.eval import harness
+from nexusquant.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -138,7 +139,8 @@ def test_format_and_settings_arguments(tmp_path):
     cli = argparse.Namespace(text=str(text_file), quality=["lossless", "balanced"], seq=4096,
                              json=True, model=None, device="cpu", command="eval")
     cfg = harness._config_from(cli)
-    assert cfg.settings == [(4, 4), (3, 2)] and cfg.context == 4096 and cfg.windows == 3
+    presets = [(PRESETS[n].key_bits, PRESETS[n].value_bits) for n in ("lossless", "balanced")]
+    assert cfg.settings == presets and cfg.context == 4096 and cfg.windows == 3
     quick = harness._config_from(argparse.Namespace(text=str(text_file), settings="K2V2", quick=True))
     assert (quick.context, quick.tokens, quick.windows, quick.passkey_lengths) == (512, 64, 1, (1024,))
     with pytest.raises(errors.InvalidArgumentError, match="parts must be a comma-separated subset"):
