@@ -9,35 +9,9 @@ from conftest import left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llam
 
 from nexusquant import MemoryReport, NexusQuantCache
 from nexusquant._hf import cache_kwarg
+from nexusquant.eval import harness
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def held_storage_bytes(cache) -> int:
-    """Bytes of every distinct tensor storage reachable from the cache object, found by walking
-    its attributes (independently of the cache's own accounting)."""
-    seen_objects: set[int] = set()
-    storages: dict[tuple[str, int], int] = {}
-
-    def visit(value) -> None:
-        if id(value) in seen_objects:
-            return
-        seen_objects.add(id(value))
-        if torch.is_tensor(value):
-            s = value.untyped_storage()
-            storages[(str(value.device), s.data_ptr())] = s.nbytes()
-        elif isinstance(value, (list, tuple, set)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif type(value).__module__.startswith(("nexusquant", "transformers.cache_utils")):
-            for v in vars(value).values():
-                visit(v)
-
-    visit(cache)
-    return sum(storages.values())
 
 
 def fill(model, prompts, cache, new=7):
@@ -55,7 +29,7 @@ def test_report_total_is_every_byte_the_cache_holds(make, quantize):
     cache = NexusQuantCache(model.config, 3, 2, sink_tokens=4, window=8, block=4, quantize=quantize)
     fill(model, [random_prompt(n, seed=n) for n in (37, 20, 9)], cache)
     report = cache.memory_report()
-    assert report.total == held_storage_bytes(cache)
+    assert report.total == harness.held_bytes(cache)
     assert report.total == sum(report.allocated.values())
     assert all(report.used[k] <= report.allocated[k] for k in report.allocated)
     assert report.tokens_per_row == (37 + 6, 20 + 6, 9 + 6) and report.tokens == 43 + 26 + 15

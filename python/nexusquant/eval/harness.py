@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import DynamicCache
 
 from .. import __version__
 from ..errors import InvalidArgumentError
@@ -129,13 +130,7 @@ class CacheSpec:
         raise InvalidArgumentError(f"kind must be exact, nexusquant, quanto or rtn, got {self.kind!r}")
 
 
-def _dynamic_cache_class() -> type:
-    from transformers import DynamicCache  # noqa: PLC0415
-
-    return DynamicCache
-
-
-class RoundTripCache(_dynamic_cache_class()):
+class RoundTripCache(DynamicCache):
     """The scalar baseline, simulated: a ``DynamicCache`` that stores every key and value
     head-vector after the codec's rotation, per-vector round-to-nearest at ``key_bits`` /
     ``value_bits`` with the best clipping scale (fp16), and the inverse rotation
@@ -296,8 +291,6 @@ def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 def prefill(model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """Run ``ids`` ``(1, n)`` through a fresh exact DynamicCache; return it and the float32
     log-probabilities ``(V,)`` of the token after ``ids``."""
-    from transformers import DynamicCache  # noqa: PLC0415
-
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids.to(model.device), logits_to_keep=1, **_cache_kwargs(model, cache))
     return cache, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
