@@ -185,6 +185,25 @@ def test_rtn_baseline_rounds_every_token_to_the_scalar_grid():
     assert math.isnan(harness.cache_memory(model, cache, 40)["bytes"])
 
 
+def test_rtn_baseline_attends_like_a_window_0_nexusquant_cache():
+    """A forward of several tokens sees its own tokens exactly and the stored ones rounded; a
+    single-token step sees its own token rounded too (what NexusQuantCache does with window 0)."""
+    model = make_tiny_llama()
+    cache = harness.RoundTripCache(model.config, 4, 3)
+    g = torch.Generator().manual_seed(1)
+    first, chunk, step = (torch.randn(1, 2, n, 64, generator=g) for n in (10, 5, 1))
+    cache.update(first, first, 0)
+    keys, values = cache.update(chunk, -chunk, 0)
+    assert keys.shape[2] == 15
+    assert torch.equal(keys[:, :, 10:], chunk) and torch.equal(values[:, :, 10:], -chunk)
+    assert torch.equal(keys[:, :, :10], cache.layers[0].keys[:, :, :10])
+    assert not torch.equal(keys[:, :, :10], first)
+    stored = cache.layers[0].keys[:, :, 10:15]
+    assert not torch.equal(stored, chunk)  # what later forwards see is rounded
+    keys, _ = cache.update(step, step, 0)
+    assert torch.equal(keys, cache.layers[0].keys) and not torch.equal(keys[:, :, -1:], step)
+
+
 def test_run_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(harness, "PASSKEY_NEW_TOKENS", 2)
     monkeypatch.setattr(harness, "SPEED_STEPS", 2)

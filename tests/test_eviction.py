@@ -365,14 +365,14 @@ def test_multi_turn_prefills_against_the_evicted_cache_and_never_recodes(monkeyp
     coded once over both turns, and the codes kept from turn 1 are the same bytes."""
     model = make_tiny_llama(num_kv_heads=1, num_heads=2)
     coded_keys = []
-    encode = codec.encode
+    encode_groups = codec.encode_groups
 
-    def spy(x, bits=3, *args, **kwargs):
+    def spy(x, codes_out, scales_out, *, bits, **kwargs):
         if bits == 3:
             coded_keys.append(x.detach().reshape(-1, x.shape[-1]).clone())
-        return encode(x, bits, *args, **kwargs)
+        return encode_groups(x, codes_out, scales_out, bits=bits, **kwargs)
 
-    monkeypatch.setattr(codec, "encode", spy)
+    monkeypatch.setattr(codec, "encode_groups", spy)
     # keys alone at 3 bits, so that the spy sees every key and no value
     with nexusquant_evict(model, quality="balanced", token_budget=48, window=8, block=8,
                           key_bits=3, value_bits=2) as nq:

@@ -5,6 +5,10 @@ zero-copy through numpy views of the torch buffers); CUDA tensors go to the CUDA
 (``nexusquant.gpu``, CuPy, on torch's current stream); ``backend="reference"`` runs the pure-torch
 oracle on any device. All three produce the same bytes (``docs/codec.md``).
 
+``encode_groups`` / ``decode_groups`` do the same for ``(G, N, ·)`` groups that are slices of
+larger buffers (a KV cache's code buffers, an attention buffer), reading and writing them in
+place with one pass over the thread pool.
+
 Non-finite input: a head-vector containing NaN or ±Inf is stored with a NaN scale and decodes to
 all-NaN; every other head-vector in the tensor is unaffected. A head-vector of zeros decodes to
 zeros. Scales saturate at the fp16 maximum (65504), so finite inputs with an RMS above ~1e5 are
@@ -292,6 +296,147 @@ def decode(
     return out
 
 
+def _grouped(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (3-D or 2-D) if each slice along its first axis is one dense run of memory (what
+    the grouped core functions read in place), else a contiguous copy."""
+    dense = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size > 1 and stride != dense:
+            return t.contiguous()
+        dense *= size
+    return t
+
+
+def _check_grouped_out(t: torch.Tensor, name: str) -> None:
+    """Raise ShapeError unless ``t`` can be written in place by a grouped core function."""
+    if _grouped(t) is not t:
+        raise ShapeError(f"{name} must be contiguous after its first axis (each group one dense run)")
+
+
+def _check_group_tensor(t: object, name: str, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> None:
+    """Raise ShapeError unless ``t`` is a ``dtype`` tensor of ``shape`` (described as ``what``)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+        raise ShapeError(
+            f"{name} must be a {dtype} tensor of shape {shape} {what}, "
+            f"got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
+        )
+
+
+def encode_groups(
+    x: torch.Tensor,
+    codes_out: torch.Tensor,
+    scales_out: torch.Tensor,
+    *,
+    bits: int,
+    seed: int,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> None:
+    """Encode ``G`` groups of head-vectors straight into slices of larger buffers.
+
+    ``x`` ``(G, N, head_dim)`` (float16 | bfloat16 | float32, any strides) is encoded into
+    ``codes_out`` ``(G, N, head_dim*bits/8)`` uint8 and ``scales_out`` ``(G, N)`` float16,
+    which may be slices of a cache's buffers (``codes.view(G, cap, cb)[:, at:at + N]``): each
+    group must be contiguous, the first axis may have any stride that keeps the groups apart.
+    The bytes are those of :func:`encode` on each group.
+    """
+    bits = check_bits(bits)
+    seed = check_seed(seed)
+    threads = check_threads(threads)
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ShapeError(f"x must be a 3-D (G, N, head_dim) tensor, got {getattr(x, 'shape', type(x))}")
+    check_dtype(x.dtype)
+    g, n, d = x.shape
+    d = check_head_dim(d, "head_dim (x.shape[-1])")
+    cb = code_bytes(d, bits)
+    _check_group_tensor(codes_out, "codes_out", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
+    _check_group_tensor(scales_out, "scales_out", torch.float16, (g, n), "(G, N)")
+    if not x.device == codes_out.device == scales_out.device:
+        raise DeviceError(
+            f"x, codes_out and scales_out must be on one device, got {x.device}, {codes_out.device} "
+            f"and {scales_out.device}"
+        )
+    if g == 0 or n == 0:
+        return
+    if _choose_backend(x.device, backend) != "core":
+        c, s = encode(x, bits, seed, threads=threads, backend=backend)
+        codes_out.copy_(c)
+        scales_out.copy_(s)
+        return
+    _check_grouped_out(codes_out, "codes_out")
+    _check_grouped_out(scales_out, "scales_out")
+    _core().encode_groups(
+        _np_view(_grouped(x)),
+        _np_view(codes_out),
+        _np_view(scales_out.view(torch.int16)),
+        bits=bits,
+        seed=seed,
+        dtype=_DTYPE_NAMES[x.dtype],
+        threads=threads,
+    )
+
+
+def decode_groups(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    bits: int,
+    seed: int,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Decode ``G`` groups of head-vectors straight into slices of a larger tensor.
+
+    The groups are what a KV cache holds per (row, head): ``codes`` ``(G, N, head_dim*bits/8)``
+    and ``scales`` ``(G, N)`` may be slices of bigger buffers (``buf[:, :n]``), and ``out``
+    ``(G, N, head_dim)`` a slice of the attention buffer they are decoded into
+    (``full.view(G, T, d)[:, at:at + N]``): each group must be contiguous, the first axis may
+    have any stride that keeps the groups apart. Nothing is copied in or out on the CPU; the
+    bytes are those of :func:`decode` on each group.
+
+    Args:
+        codes, scales: as above (uint8, float16).
+        out: as above, float16 | bfloat16 | float32 (the output dtype), on ``codes``' device.
+        bits, seed: the parameters used to encode; ``head_dim`` is ``out.shape[-1]``.
+
+    Returns:
+        ``out``.
+    """
+    bits = check_bits(bits)
+    seed = check_seed(seed)
+    threads = check_threads(threads)
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        raise ShapeError(f"out must be a 3-D (G, N, head_dim) tensor, got {getattr(out, 'shape', type(out))}")
+    check_dtype(out.dtype, "out.dtype")
+    g, n, d = out.shape
+    d = check_head_dim(d, "head_dim (out.shape[-1])")
+    cb = code_bytes(d, bits)
+    _check_group_tensor(codes, "codes", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
+    _check_group_tensor(scales, "scales", torch.float16, (g, n), "(G, N)")
+    if not codes.device == scales.device == out.device:
+        raise DeviceError(
+            f"codes, scales and out must be on one device, got {codes.device}, {scales.device} and {out.device}"
+        )
+    if g == 0 or n == 0:
+        return out
+    if _choose_backend(codes.device, backend) != "core":
+        out.copy_(decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=out.dtype,
+                         threads=threads, backend=backend))
+        return out
+    _check_grouped_out(out, "out")
+    _core().decode_groups(
+        _np_view(_grouped(codes)),
+        _np_view(_grouped(scales).view(torch.int16)),
+        _np_view(out),
+        bits=bits,
+        seed=seed,
+        dtype=_DTYPE_NAMES[out.dtype],
+        threads=threads,
+    )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # high level: QuantizedTensor
 
@@ -410,6 +555,8 @@ __all__ = [
     "dequantize",
     "encode",
     "decode",
+    "encode_groups",
+    "decode_groups",
     "code_bytes",
     "check_bits",
     "check_head_dim",

@@ -496,10 +496,11 @@ class NexusQuantLayer(CacheLayerMixin):
         coded = max(p.coded + p.to_code for p in plans)
         window = max(p.window_after for p in plans)
         limit = self.window + self.block - 1 if self.quantize else None
-        self.key_codes = _grown(self.key_codes, coded)
-        self.value_codes = _grown(self.value_codes, coded)
-        self.key_scales = _grown(self.key_scales, coded)
-        self.value_scales = _grown(self.value_scales, coded)
+        # Contiguous, so that the codec writes each (row, head)'s codes in place.
+        self.key_codes = _grown(self.key_codes, coded).contiguous()
+        self.value_codes = _grown(self.value_codes, coded).contiguous()
+        self.key_scales = _grown(self.key_scales, coded).contiguous()
+        self.value_scales = _grown(self.value_scales, coded).contiguous()
         self.window_keys = _grown(self.window_keys, window, limit)
         self.window_values = _grown(self.window_values, window, limit)
 
@@ -514,41 +515,32 @@ class NexusQuantLayer(CacheLayerMixin):
             sinks, window = self.sink_keys, self.window_keys
             codes, scales, bits, dim = self.key_codes, self.key_scales, self.key_bits, self.head_dim
         q = states.shape[2]
-
-        def parts(rows: slice, plan: _RowPlan) -> list[torch.Tensor]:
-            out = []
-            if plan.sinks:
-                out.append(sinks[rows, :, : plan.sinks])
-            if plan.coded:
-                out.append(
-                    codec.decode(
-                        codes[rows, :, : plan.coded],
-                        scales[rows, :, : plan.coded],
-                        bits=bits,
-                        seed=self.seed,
-                        head_dim=dim,
-                        dtype=states.dtype,
-                        backend=CODEC_BACKEND,
-                    )
-                )
-            if plan.window:
-                out.append(window[rows, :, : plan.window])
-            if plan.new:
-                out.append(states[rows, :, q - plan.new :])
-            return out
-
-        if len(groups) == 1 and groups[0][1].stored_after == total:
-            pieces = parts(*groups[0])
-            if len(pieces) == 1:
-                return pieces[0]
-            if pieces:
-                return torch.cat(pieces, dim=2)
-        full = states.new_zeros(self.batch, self.heads, total, dim)
+        # Every slot a row's tokens fill is written below; only left-padding slots need zeros.
+        padded = any(plan.stored_after != total for _, plan in groups)
+        full = (states.new_zeros if padded else states.new_empty)(self.batch, self.heads, total, dim)
         for rows, plan in groups:
+            dst = full[rows]
             at = total - plan.stored_after
-            for piece in parts(rows, plan):
-                full[rows, :, at : at + piece.shape[2]] = piece
-                at += piece.shape[2]
+            if plan.sinks:
+                dst[:, :, at : at + plan.sinks] = sinks[rows, :, : plan.sinks]
+                at += plan.sinks
+            if plan.coded:
+                # Decoded straight into the attention buffer: no per-layer temporary, no concat.
+                g = dst.shape[0] * self.heads
+                codec.decode_groups(
+                    codes[rows].reshape(g, codes.shape[2], -1)[:, : plan.coded],
+                    scales[rows].reshape(g, scales.shape[2])[:, : plan.coded],
+                    dst.view(g, total, dim)[:, at : at + plan.coded],
+                    bits=bits,
+                    seed=self.seed,
+                    backend=CODEC_BACKEND,
+                )
+                at += plan.coded
+            if plan.window:
+                dst[:, :, at : at + plan.window] = window[rows, :, : plan.window]
+                at += plan.window
+            if plan.new:
+                dst[:, :, at : at + plan.new] = states[rows, :, q - plan.new :]
         return full
 
     def _store(
@@ -573,9 +565,17 @@ class NexusQuantLayer(CacheLayerMixin):
                     window[rows, :, plan.window : plan.window + fresh.shape[2]] = fresh
                 continue
             pending = torch.cat([window[rows, :, : plan.window], fresh], dim=2) if plan.window else fresh
-            c, s = codec.encode(pending[:, :, : plan.to_code], bits, self.seed, backend=CODEC_BACKEND)
-            codes[rows, :, plan.coded : plan.coded + plan.to_code] = c
-            scales[rows, :, plan.coded : plan.coded + plan.to_code] = s
+            # Coded straight into the buffers' slices (no temporaries).
+            g = pending.shape[0] * self.heads
+            span = slice(plan.coded, plan.coded + plan.to_code)
+            codec.encode_groups(
+                pending[:, :, : plan.to_code].reshape(g, plan.to_code, -1),
+                codes[rows].view(g, codes.shape[2], -1)[:, span],
+                scales[rows].view(g, scales.shape[2])[:, span],
+                bits=bits,
+                seed=self.seed,
+                backend=CODEC_BACKEND,
+            )
             if plan.window_after:
                 window[rows, :, : plan.window_after] = pending[:, :, plan.to_code :]
 

@@ -134,7 +134,10 @@ class RoundTripCache(DynamicCache):
     """The scalar baseline, simulated: a ``DynamicCache`` that stores every key and value
     head-vector after the codec's rotation, per-vector round-to-nearest at ``key_bits`` /
     ``value_bits`` with the best clipping scale (fp16), and the inverse rotation
-    (``nexusquant._core.scalar_roundtrip``, float32 arithmetic), in the model dtype."""
+    (``nexusquant._core.scalar_roundtrip``, float32 arithmetic), in the model dtype. What a
+    forward attends to follows ``NexusQuantCache`` with ``window=0``: a forward of several tokens
+    (a prompt, or ``chunk`` > 1) sees its own tokens exactly and the earlier ones as stored; a
+    single-token step sees the stored state, its own token included."""
 
     def __init__(self, config: Any, key_bits: int, value_bits: int, seed: int = 0):
         super().__init__(config=config)
@@ -149,11 +152,18 @@ class RoundTripCache(DynamicCache):
         return out.reshape(x.shape).to(x.device, x.dtype)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return super().update(
+        keys, values = super().update(
             self._round_trip(key_states, self.key_bits),
             self._round_trip(value_states, self.value_bits),
             layer_idx, *args, **kwargs,
         )
+        q = key_states.shape[-2]
+        if q == 1:
+            return keys, values
+        # Like NexusQuantCache (window 0): a forward of several tokens attends to its own tokens
+        # exactly and to the earlier ones as stored; a single-token step to what is stored.
+        return (torch.cat([keys[..., :-q, :], key_states], dim=-2),
+                torch.cat([values[..., :-q, :], value_states], dim=-2))
 
 
 def parse_settings(text: str) -> list[tuple[int, int]]:

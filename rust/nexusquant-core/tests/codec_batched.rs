@@ -326,3 +326,95 @@ fn zero_rows_and_empty_batches() {
         .decode_into::<f32>(&[], &[], &mut [], Threads::All)
         .unwrap();
 }
+
+/// Groups of uneven sizes (empty, smaller than a lane group, many chunks) decode to exactly what
+/// one `decode_into` per group gives, on every thread choice; a group with the wrong lengths is
+/// refused before anything is written.
+#[test]
+fn decode_groups_matches_one_call_per_group() {
+    let mut rng = SplitMix64::new(0x6A0);
+    for (d, b) in [(64usize, 3u32), (128, 2), (80, 4)] {
+        let codec = Codec::new(CodecParams::new(d, b, 11).unwrap());
+        let cb = codec.params().code_bytes();
+        let sizes = [0usize, 3, 2048, 9, 700];
+        let n: usize = sizes.iter().sum();
+        let x = mixed_rows(&mut rng, n, d);
+        let mut codes = vec![0u8; n * cb];
+        let mut scales = vec![0u16; n];
+        codec
+            .encode_into(&x, &mut codes, &mut scales, Threads::All)
+            .unwrap();
+        let mut want = vec![0f32; n * d];
+        codec
+            .decode_into(&codes, &scales, &mut want, Threads::Count(1))
+            .unwrap();
+        for threads in [Threads::Count(1), Threads::Count(3), Threads::All] {
+            let mut out = vec![f32::NAN; n * d];
+            let mut groups = Vec::new();
+            let (mut c, mut s, mut o) = (&codes[..], &scales[..], &mut out[..]);
+            for &k in &sizes {
+                let (c0, c1) = c.split_at(k * cb);
+                let (s0, s1) = s.split_at(k);
+                let (o0, o1) = o.split_at_mut(k * d);
+                groups.push((c0, s0, o0));
+                (c, s, o) = (c1, s1, o1);
+            }
+            codec.decode_groups_into(groups, threads).unwrap();
+            let same = out
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "d={d} b={b} {threads:?}");
+        }
+        let mut out = vec![7.0f32; 2 * d];
+        let (o0, o1) = out.split_at_mut(d);
+        let err = codec
+            .decode_groups_into(
+                vec![
+                    (&codes[..cb], &scales[..1], o0),
+                    (&codes[..cb], &scales[..2], o1),
+                ],
+                Threads::All,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, nexusquant_core::codec::CodecError::Length { .. }),
+            "{err}"
+        );
+        assert!(out.iter().all(|&v| v == 7.0), "nothing written on error");
+    }
+}
+
+/// Groups encode to exactly what one `encode_into` per group gives, on every thread choice.
+#[test]
+fn encode_groups_matches_one_call_per_group() {
+    let mut rng = SplitMix64::new(0x6A1);
+    for (d, b) in [(64usize, 3u32), (128, 2), (96, 4)] {
+        let codec = Codec::new(CodecParams::new(d, b, 5).unwrap());
+        let cb = codec.params().code_bytes();
+        let sizes = [0usize, 1, 3, 1500, 17];
+        let n: usize = sizes.iter().sum();
+        let x = mixed_rows(&mut rng, n, d);
+        let mut want_c = vec![0u8; n * cb];
+        let mut want_s = vec![0u16; n];
+        codec
+            .encode_into(&x, &mut want_c, &mut want_s, Threads::Count(1))
+            .unwrap();
+        for threads in [Threads::Count(1), Threads::Count(3), Threads::All] {
+            let mut codes = vec![0xAAu8; n * cb];
+            let mut scales = vec![0xAAAAu16; n];
+            let mut groups = Vec::new();
+            let (mut xs, mut c, mut s) = (&x[..], &mut codes[..], &mut scales[..]);
+            for &k in &sizes {
+                let (x0, x1) = xs.split_at(k * d);
+                let (c0, c1) = c.split_at_mut(k * cb);
+                let (s0, s1) = s.split_at_mut(k);
+                groups.push((x0, c0, s0));
+                (xs, c, s) = (x1, c1, s1);
+            }
+            codec.encode_groups_into(groups, threads).unwrap();
+            assert_eq!(codes, want_c, "d={d} b={b} {threads:?}");
+            assert_eq!(scales, want_s, "d={d} b={b} {threads:?}");
+        }
+    }
+}

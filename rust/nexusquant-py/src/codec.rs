@@ -7,9 +7,10 @@
 
 use half::{bf16, f16};
 use nexusquant_core::codec::{simd_level, Codec, CodecError, CodecParams, Element, Threads};
+use numpy::ndarray::{ArrayView, ArrayViewMut, Axis, RemoveAxis};
 use numpy::{
-    dtype, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
-    PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
+    dtype, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+    PyReadwriteArray1, PyReadwriteArray2, PyReadwriteArray3, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -126,8 +127,8 @@ fn shape_str(s: &[usize]) -> String {
     }
 }
 
-/// `obj` as a C-contiguous numpy array of `ndim` dimensions, or the error naming `name`.
-fn array<'py>(
+/// `obj` as a numpy array of `ndim` dimensions (any layout), or the error naming `name`.
+fn numpy_array<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
     ndim: usize,
@@ -156,6 +157,18 @@ fn array<'py>(
             ),
         ));
     }
+    Ok(a.clone())
+}
+
+/// `obj` as a C-contiguous numpy array of `ndim` dimensions, or the error naming `name`.
+fn array<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    ndim: usize,
+    layout: &str,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let py = obj.py();
+    let a = numpy_array(obj, name, ndim, layout)?;
     if !a.is_c_contiguous() {
         return Err(error(
             py,
@@ -163,7 +176,7 @@ fn array<'py>(
             format!("{name} must be C-contiguous {layout}"),
         ));
     }
-    Ok(a.clone())
+    Ok(a)
 }
 
 /// Checks a numpy dtype against the type it must hold.
@@ -362,6 +375,258 @@ fn decode(
     }
 }
 
+/// `obj` as a numpy array of `ndim` dimensions whose every slice along the first axis is
+/// C-contiguous and apart from the others (the first axis may have any stride that does not make
+/// two slices overlap), or the error naming `name`.
+fn grouped<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    ndim: usize,
+    layout: &str,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let py = obj.py();
+    let a = numpy_array(obj, name, ndim, layout)?;
+    let (shape, strides) = (a.shape(), a.strides());
+    let item = isize::try_from(a.dtype().itemsize()).unwrap_or(isize::MAX);
+    // Each group (everything after the first axis) must be one dense run of memory.
+    let mut want = item;
+    let mut inner = 1usize;
+    for k in (1..ndim).rev() {
+        if shape[k] > 1 && strides[k] != want {
+            return Err(error(
+                py,
+                "ShapeError",
+                format!("{name} must be C-contiguous after its first axis {layout}"),
+            ));
+        }
+        inner = inner.saturating_mul(shape[k]);
+        want = want.saturating_mul(isize::try_from(shape[k]).unwrap_or(isize::MAX));
+    }
+    let span = want.unsigned_abs();
+    if shape[0] > 1 && inner > 0 && strides[0].unsigned_abs() < span {
+        return Err(error(
+            py,
+            "ShapeError",
+            format!(
+                "{name}'s slices along its first axis overlap (stride {} < {span} bytes)",
+                strides[0]
+            ),
+        ));
+    }
+    Ok(a)
+}
+
+/// The dense slices along the first axis of an array checked by [`grouped`].
+fn group_slices<'a, T, D: RemoveAxis>(a: ArrayView<'a, T, D>) -> Vec<&'a [T]> {
+    (0..a.len_of(Axis(0)))
+        .map(|i| {
+            a.clone()
+                .index_axis_move(Axis(0), i)
+                .to_slice()
+                .unwrap_or(&[])
+        })
+        .collect()
+}
+
+/// The dense, disjoint slices along the first axis of a writable array checked by [`grouped`].
+fn group_slices_mut<'a, T, D: RemoveAxis>(mut a: ArrayViewMut<'a, T, D>) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(a.len_of(Axis(0)));
+    while a.len_of(Axis(0)) > 0 {
+        let (head, rest) = a.split_at(Axis(0), 1);
+        out.push(
+            head.index_axis_move(Axis(0), 0)
+                .into_slice()
+                .unwrap_or(&mut []),
+        );
+        a = rest;
+    }
+    out
+}
+
+/// Decodes `G` groups at once: `codes` (G, N, head_dim·bits/8) uint8 and `scales` (G, N)
+/// uint16 into `out` (G, N, head_dim), in place, as `decode` does for each group. Each group
+/// must be C-contiguous; the first axis may have any stride (slices of larger buffers, such as
+/// the heads of a KV cache and their place in an attention buffer, are read and written where
+/// they are). One pass over the thread pool for all groups.
+#[pyfunction]
+#[pyo3(signature = (codes, scales, out, *, bits, seed, dtype, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn decode_groups(
+    py: Python<'_>,
+    codes: &Bound<'_, PyAny>,
+    scales: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    dtype: &str,
+    threads: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let dt = Dtype::parse(py, dtype)?;
+    let t = self::threads(py, threads)?;
+    let oa = grouped(out, "out", 3, "(G, N, head_dim)")?;
+    check_dtype(&oa, "out", dt.wanted(), dt.accepts(&oa))?;
+    let (g, n, d) = (oa.shape()[0], oa.shape()[1], oa.shape()[2]);
+    let c = codec(py, d, bits, seed)?;
+    let ca = grouped(codes, "codes", 3, "(G, N, head_dim*bits/8) uint8")?;
+    check_dtype(
+        &ca,
+        "codes",
+        "uint8",
+        ca.dtype().is_equiv_to(&numpy::dtype::<u8>(py)),
+    )?;
+    check_shape(py, "codes", ca.shape(), &[g, n, c.params().code_bytes()])?;
+    let sa = grouped(scales, "scales", 2, "(G, N) uint16")?;
+    check_dtype(
+        &sa,
+        "scales",
+        "uint16 (fp16 bit patterns)",
+        sa.dtype().is_equiv_to(&numpy::dtype::<u16>(py)),
+    )?;
+    check_shape(py, "scales", sa.shape(), &[g, n])?;
+    let codes: PyReadonlyArray3<'_, u8> = codes.extract()?;
+    let scales: PyReadonlyArray2<'_, u16> = scales.extract()?;
+    let cs = group_slices(codes.as_array());
+    let ss = group_slices(scales.as_array());
+    if dt == Dtype::F32 {
+        let mut o: PyReadwriteArray3<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
+        let os = group_slices_mut(o.as_array_mut());
+        let groups = zip3(cs, ss, os);
+        run(py, || c.decode_groups_into(groups, t))
+    } else {
+        let view = oa.call_method1("view", (numpy::dtype::<u16>(py),))?;
+        let mut o: PyReadwriteArray3<'_, u16> = view.extract().map_err(|_| writable(py, "out"))?;
+        let os = group_slices_mut(o.as_array_mut());
+        match dt {
+            Dtype::F16 => {
+                let groups = zip3(
+                    cs,
+                    ss,
+                    os.into_iter()
+                        .map(bytemuck::cast_slice_mut::<u16, f16>)
+                        .collect(),
+                );
+                run(py, || c.decode_groups_into(groups, t))
+            }
+            _ => {
+                let groups = zip3(
+                    cs,
+                    ss,
+                    os.into_iter()
+                        .map(bytemuck::cast_slice_mut::<u16, bf16>)
+                        .collect(),
+                );
+                run(py, || c.decode_groups_into(groups, t))
+            }
+        }
+    }
+}
+
+/// Encodes `G` groups at once: the rows of `x` (G, N, head_dim) into `codes_out`
+/// (G, N, head_dim·bits/8) uint8 and `scales_out` (G, N) uint16, in place, as `encode` does
+/// for each group. Each group must be C-contiguous; the first axis may have any stride that
+/// keeps the groups apart (codes are written straight into slices of a cache's buffers).
+#[pyfunction]
+#[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn encode_groups(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    codes_out: &Bound<'_, PyAny>,
+    scales_out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    dtype: &str,
+    threads: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let dt = Dtype::parse(py, dtype)?;
+    let t = self::threads(py, threads)?;
+    let xa = grouped(x, "x", 3, "(G, N, head_dim)")?;
+    check_dtype(&xa, "x", dt.wanted(), dt.accepts(&xa))?;
+    let (g, n, d) = (xa.shape()[0], xa.shape()[1], xa.shape()[2]);
+    let c = codec(py, d, bits, seed)?;
+    let ca = grouped(codes_out, "codes_out", 3, "(G, N, head_dim*bits/8) uint8")?;
+    check_dtype(
+        &ca,
+        "codes_out",
+        "uint8",
+        ca.dtype().is_equiv_to(&numpy::dtype::<u8>(py)),
+    )?;
+    check_shape(
+        py,
+        "codes_out",
+        ca.shape(),
+        &[g, n, c.params().code_bytes()],
+    )?;
+    let sa = grouped(scales_out, "scales_out", 2, "(G, N) uint16")?;
+    check_dtype(
+        &sa,
+        "scales_out",
+        "uint16 (fp16 bit patterns)",
+        sa.dtype().is_equiv_to(&numpy::dtype::<u16>(py)),
+    )?;
+    check_shape(py, "scales_out", sa.shape(), &[g, n])?;
+    let mut codes: PyReadwriteArray3<'_, u8> =
+        codes_out.extract().map_err(|_| writable(py, "codes_out"))?;
+    let mut scales: PyReadwriteArray2<'_, u16> = scales_out
+        .extract()
+        .map_err(|_| writable(py, "scales_out"))?;
+    let cs = group_slices_mut(codes.as_array_mut());
+    let ss = group_slices_mut(scales.as_array_mut());
+    if dt == Dtype::F32 {
+        let x: PyReadonlyArray3<'_, f32> = x.extract()?;
+        let groups = zip3_in(group_slices(x.as_array()), cs, ss);
+        run(py, || c.encode_groups_into(groups, t))
+    } else {
+        let view = xa.call_method1("view", (numpy::dtype::<u16>(py),))?;
+        let x: PyReadonlyArray3<'_, u16> = view.extract()?;
+        let xs = group_slices(x.as_array());
+        match dt {
+            Dtype::F16 => {
+                let xs = xs
+                    .into_iter()
+                    .map(bytemuck::cast_slice::<u16, f16>)
+                    .collect();
+                let groups = zip3_in(xs, cs, ss);
+                run(py, || c.encode_groups_into(groups, t))
+            }
+            _ => {
+                let xs = xs
+                    .into_iter()
+                    .map(bytemuck::cast_slice::<u16, bf16>)
+                    .collect();
+                let groups = zip3_in(xs, cs, ss);
+                run(py, || c.encode_groups_into(groups, t))
+            }
+        }
+    }
+}
+
+type EncodeGroup<'a, T> = (&'a [T], &'a mut [u8], &'a mut [u16]);
+
+fn zip3_in<'a, T>(
+    x: Vec<&'a [T]>,
+    c: Vec<&'a mut [u8]>,
+    s: Vec<&'a mut [u16]>,
+) -> Vec<EncodeGroup<'a, T>> {
+    x.into_iter()
+        .zip(c)
+        .zip(s)
+        .map(|((x, c), s)| (x, c, s))
+        .collect()
+}
+
+fn zip3<'a, T>(
+    c: Vec<&'a [u8]>,
+    s: Vec<&'a [u16]>,
+    o: Vec<&'a mut [T]>,
+) -> Vec<(&'a [u8], &'a [u16], &'a mut [T])> {
+    c.into_iter()
+        .zip(s)
+        .zip(o)
+        .map(|((c, s), o)| (c, s, o))
+        .collect()
+}
+
 /// The scalar baseline: the same rotation, then per-vector round-to-nearest at `bits` with the
 /// best clipping scale (one fp16 step); encodes and decodes the float32 rows of `x`
 /// (N, head_dim) into `out` (same shape), in place. For benchmarks and evaluation only.
@@ -412,6 +677,8 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_groups, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_groups, m)?)?;
     m.add_function(wrap_pyfunction!(scalar_roundtrip, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     Ok(())

@@ -168,6 +168,115 @@ impl Codec {
         Ok(())
     }
 
+    /// Encodes several independent groups of rows at once: each `(x, codes_out, scales_out)` is
+    /// what [`Codec::encode_into`] takes. The groups share one pass over the thread pool (see
+    /// [`Codec::decode_groups_into`]).
+    ///
+    /// Bit-identical to [`Codec::encode_into`] on each group.
+    ///
+    /// # Errors
+    /// As [`Codec::encode_into`], for the first group whose lengths disagree (nothing is
+    /// written then).
+    pub fn encode_groups_into<T: Element>(
+        &self,
+        groups: Vec<(&[T], &mut [u8], &mut [u16])>,
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let mut total = 0;
+        for (x, codes_out, scales_out) in &groups {
+            let n = rows("x", x.len(), d)?;
+            check_len(
+                "codes_out",
+                "N × head_dim·bits/8 bytes",
+                n * cb,
+                codes_out.len(),
+            )?;
+            check_len(
+                "scales_out",
+                "N, one fp16 scale per head-vector",
+                n,
+                scales_out.len(),
+            )?;
+            total += n;
+        }
+        let runner = Runner::new(threads)?;
+        if runner.is_inline() || total <= L {
+            for (x, codes_out, scales_out) in groups {
+                kernel::encode_rows(self, x, codes_out, scales_out);
+            }
+            return Ok(());
+        }
+        let chunk = chunk_rows(total, runner.threads());
+        let mut tasks = Vec::new();
+        for (x, codes_out, scales_out) in groups {
+            tasks.extend(
+                x.chunks(chunk * d)
+                    .zip(codes_out.chunks_mut(chunk * cb))
+                    .zip(scales_out.chunks_mut(chunk)),
+            );
+        }
+        runner.install(|| {
+            tasks
+                .into_par_iter()
+                .for_each(|((x, c), sc)| kernel::encode_rows(self, x, c, sc));
+        });
+        Ok(())
+    }
+
+    /// Decodes several independent groups of rows at once: each `(codes, scales, out)` is what
+    /// [`Codec::decode_into`] takes. The groups share one pass over the thread pool, so a
+    /// caller whose rows are split across buffers (the heads of a KV cache, each decoded into
+    /// its own slice of an attention buffer) pays one dispatch, not one per group.
+    ///
+    /// Bit-identical to [`Codec::decode_into`] on each group.
+    ///
+    /// # Errors
+    /// As [`Codec::decode_into`], for the first group whose lengths disagree (nothing is
+    /// written then).
+    pub fn decode_groups_into<T: Element>(
+        &self,
+        groups: Vec<(&[u8], &[u16], &mut [T])>,
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let mut total = 0;
+        for (codes, scales, out) in &groups {
+            let n = rows("out", out.len(), d)?;
+            check_len("codes", "N × head_dim·bits/8 bytes", n * cb, codes.len())?;
+            check_len(
+                "scales",
+                "N, one fp16 scale per head-vector",
+                n,
+                scales.len(),
+            )?;
+            total += n;
+        }
+        let runner = Runner::new(threads)?;
+        if runner.is_inline() || total <= L {
+            for (codes, scales, out) in groups {
+                kernel::decode_rows(self, codes, scales, out);
+            }
+            return Ok(());
+        }
+        let chunk = chunk_rows(total, runner.threads());
+        let mut tasks = Vec::new();
+        for (codes, scales, out) in groups {
+            tasks.extend(
+                codes
+                    .chunks(chunk * cb)
+                    .zip(scales.chunks(chunk))
+                    .zip(out.chunks_mut(chunk * d)),
+            );
+        }
+        runner.install(|| {
+            tasks
+                .into_par_iter()
+                .for_each(|((c, sc), o)| kernel::decode_rows(self, c, sc, o));
+        });
+        Ok(())
+    }
+
     /// The scalar baseline ([`scalar`]): encodes and decodes the rows of `x` into `out`.
     ///
     /// # Errors
