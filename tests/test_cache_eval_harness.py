@@ -116,13 +116,16 @@ def test_format_and_settings_arguments(tmp_path):
         "quality": {"context": 8, "tokens": 2, "chunk": 1, "offsets": [0], "exact_ppl": 2.0,
                     "exact_memory": {"bytes": 100, "fp16_ratio": 0.5, "used_fp16_ratio": 0.5},
                     "results": {"K3V2 w0": {"ppl": 2.1, "ppl_delta_pct": 5.0, "kl": 0.01, "top1": 0.9,
-                                            "bytes": 10, "fp16_ratio": 5.0, "used_fp16_ratio": 5.5}}},
+                                            "bytes": 10, "fp16_ratio": 5.0, "used_fp16_ratio": 5.5}},
+                    "seed_summary": {"K3V2 w0": {"seeds": 3, "kl_mean": 0.0123, "kl_min": 0.01,
+                                                 "kl_max": 0.015, "ppl_delta_pct_mean": 4.0}}},
         "passkey": {"total": 6, "passed": {"exact": 6, "K3V2 w0": 5}, "prompts": [{"tokens": 1000}] * 6},
         "speed": {"context": 8, "tokens_per_s": {"exact": 10.0, "K3V2 w0": 7.0}},
         "seconds": 60.0,
     }
     text = harness.format_result(result)
     assert "K3V2 w0" in text and "5/6" in text and "70 % of exact" in text
+    assert "KL mean 0.01230 (min 0.01000, max 0.01500) over 3 seeds" in text
     harness.plot_result(result, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
     only_passkey = {k: v for k, v in result.items() if k not in ("quality", "speed")}
@@ -158,6 +161,40 @@ def test_specs_cover_both_protocols():
     model = make_tiny_llama()
     cache = specs[0].fill(model, DynamicCache(config=model.config))
     assert isinstance(cache, NexusQuantCache) and cache.get_seq_length() == 0
+
+
+def test_several_rotation_seeds_run_every_coded_cache_per_seed_and_are_summarised(tmp_path):
+    specs = harness.cache_specs([(3, 2)], quanto=False, seeds=(0, 5))
+    assert [s.name for s in specs] == ["K3V2 w0 s0", "K3V2 default s0", "K3V2 rtn s0",
+                                       "K3V2 w0 s5", "K3V2 default s5", "K3V2 rtn s5"]
+    assert [s.seed for s in specs] == [0, 0, 0, 5, 5, 5]
+    model = make_tiny_llama()
+    exact = DynamicCache(config=model.config)
+    x = torch.randn(1, 2, 20, 64, generator=torch.Generator().manual_seed(3))
+    exact.update(x, x, 0)
+    w0 = [specs[0].fill(model, exact), specs[3].fill(model, exact)]
+    assert [c.layers[0].seed for c in w0] == [0, 5]
+    assert not torch.equal(w0[0].layers[0].key_codes, w0[1].layers[0].key_codes)
+    rtn = [specs[2].fill(model, exact), specs[5].fill(model, exact)]
+    assert not torch.equal(rtn[0].layers[0].keys, rtn[1].layers[0].keys)
+
+    out = harness.quality(model, text_ids(300), specs[:1] + specs[3:4], context=30, tokens=6, windows=1,
+                          chunk=1, log=lambda *a: None)
+    summary = harness.seed_summary(out["results"])
+    kls = [out["results"][n]["kl"] for n in ("K3V2 w0 s0", "K3V2 w0 s5")]
+    assert summary == {"K3V2 w0": {
+        "seeds": 2, "kl_mean": pytest.approx(sum(kls) / 2), "kl_min": min(kls), "kl_max": max(kls),
+        "ppl_delta_pct_mean": pytest.approx(sum(out["results"][n]["ppl_delta_pct"]
+                                                for n in ("K3V2 w0 s0", "K3V2 w0 s5")) / 2)}}
+
+    text_file = tmp_path / "t.txt"
+    text_file.write_text("hello")
+    cfg = harness._config_from(argparse.Namespace(text=str(text_file), seeds="3,1,3"))
+    assert cfg.seeds == (3, 1)
+    assert harness._config_from(argparse.Namespace(text=str(text_file))).seeds == (0,)
+    for bad in ("a", "-1", "1,,2"):
+        with pytest.raises(errors.InvalidArgumentError, match="seeds must be comma-separated integers"):
+            harness._config_from(argparse.Namespace(text=str(text_file), seeds=bad))
 
 
 def test_rtn_baseline_rounds_every_token_to_the_scalar_grid():

