@@ -105,8 +105,22 @@ def test_passkey_and_speed_run_on_every_cache(monkeypatch):
     assert out["total"] == 6 and set(out["passed"]) == {"exact", "K3V2 w0"}
     assert all(0 <= v <= 6 for v in out["passed"].values())
     assert len({p["number"] for p in out["prompts"]}) == 6
+    calls = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["past_key_values"] if "past_key_values" in kwargs else kwargs.get("cache"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
     speed = harness.decode_speed(model, text_ids(100), specs, context=60)
     assert set(speed) == {"exact", "K3V2 w0"} and all(v > 0 for v in speed.values())
+    # after the prefill: 2 warm-up + 4 timed steps per cache (4 rounds of 1), the caches taking turns
+    caches = calls[1:]
+    assert len(caches) == 2 * (2 + 4) and len({id(c) for c in caches}) == 2
+    assert all(c.get_seq_length() == 60 + 6 for c in caches)
+    timed = [id(c) for c in caches[4:]]
+    assert timed[0] != timed[1] and timed[2] != timed[3]
 
 
 def test_format_and_settings_arguments(tmp_path):
