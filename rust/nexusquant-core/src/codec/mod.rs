@@ -97,33 +97,7 @@ impl Codec {
         scales_out: &mut [u16],
         threads: Threads,
     ) -> Result<(), CodecError> {
-        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
-        let n = rows("x", x.len(), d)?;
-        check_len(
-            "codes_out",
-            "N × head_dim·bits/8 bytes",
-            n * cb,
-            codes_out.len(),
-        )?;
-        check_len(
-            "scales_out",
-            "N, one fp16 scale per head-vector",
-            n,
-            scales_out.len(),
-        )?;
-        let runner = Runner::new(threads)?;
-        if runner.is_inline() || n <= L {
-            kernel::encode_rows(self, x, codes_out, scales_out);
-            return Ok(());
-        }
-        let chunk = chunk_rows(n, runner.threads());
-        runner.install(|| {
-            x.par_chunks(chunk * d)
-                .zip(codes_out.par_chunks_mut(chunk * cb))
-                .zip(scales_out.par_chunks_mut(chunk))
-                .for_each(|((x, c), sc)| kernel::encode_rows(self, x, c, sc));
-        });
-        Ok(())
+        self.encode_groups_into(vec![(x, codes_out, scales_out)], threads)
     }
 
     /// Decodes `N = out.len() / d` head-vectors from `codes` (`N·d·b/8` bytes) and `scales`
@@ -143,29 +117,7 @@ impl Codec {
         out: &mut [T],
         threads: Threads,
     ) -> Result<(), CodecError> {
-        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
-        let n = rows("out", out.len(), d)?;
-        check_len("codes", "N × head_dim·bits/8 bytes", n * cb, codes.len())?;
-        check_len(
-            "scales",
-            "N, one fp16 scale per head-vector",
-            n,
-            scales.len(),
-        )?;
-        let runner = Runner::new(threads)?;
-        if runner.is_inline() || n <= L {
-            kernel::decode_rows(self, codes, scales, out);
-            return Ok(());
-        }
-        let chunk = chunk_rows(n, runner.threads());
-        runner.install(|| {
-            codes
-                .par_chunks(chunk * cb)
-                .zip(scales.par_chunks(chunk))
-                .zip(out.par_chunks_mut(chunk * d))
-                .for_each(|((c, sc), o)| kernel::decode_rows(self, c, sc, o));
-        });
-        Ok(())
+        self.decode_groups_into(vec![(codes, scales, out)], threads)
     }
 
     /// Encodes several independent groups of rows at once: each `(x, codes_out, scales_out)` is
