@@ -296,20 +296,25 @@ def decode(
     return out
 
 
-def _grouped(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (3-D or 2-D) if each slice along its first axis is one dense run of memory (what
-    the grouped core functions read in place), else a contiguous copy."""
+def _is_grouped(t: torch.Tensor) -> bool:
+    """Whether each slice of ``t`` along its first axis is one dense run of memory (what the
+    grouped core functions read and write in place)."""
     dense = 1
     for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
         if size > 1 and stride != dense:
-            return t.contiguous()
+            return False
         dense *= size
-    return t
+    return True
+
+
+def _grouped(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if :func:`_is_grouped`, else a contiguous copy (for inputs)."""
+    return t if _is_grouped(t) else t.contiguous()
 
 
 def _check_grouped_out(t: torch.Tensor, name: str) -> None:
     """Raise ShapeError unless ``t`` can be written in place by a grouped core function."""
-    if _grouped(t) is not t:
+    if not _is_grouped(t):
         raise ShapeError(f"{name} must be contiguous after its first axis (each group one dense run)")
 
 
@@ -320,6 +325,20 @@ def _check_group_tensor(t: object, name: str, dtype: torch.dtype, shape: tuple[i
             f"{name} must be a {dtype} tensor of shape {shape} {what}, "
             f"got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
         )
+
+
+def _group_args(
+    t: object, name: str, bits: object, seed: object, threads: object
+) -> tuple[int, int, int | None, int, int, int, int]:
+    """The validated ``(bits, seed, threads, G, N, head_dim, code bytes)`` of a grouped call whose
+    head-vector tensor (``x`` or ``out``) is ``t``."""
+    bits, seed, threads = check_bits(bits), check_seed(seed), check_threads(threads)
+    if not isinstance(t, torch.Tensor) or t.dim() != 3:
+        raise ShapeError(f"{name} must be a 3-D (G, N, head_dim) tensor, got {getattr(t, 'shape', type(t))}")
+    check_dtype(t.dtype, f"{name}.dtype")
+    g, n, d = t.shape
+    d = check_head_dim(d, f"head_dim ({name}.shape[-1])")
+    return bits, seed, threads, g, n, d, code_bytes(d, bits)
 
 
 def encode_groups(
@@ -340,15 +359,7 @@ def encode_groups(
     group must be contiguous, the first axis may have any stride that keeps the groups apart.
     The bytes are those of :func:`encode` on each group.
     """
-    bits = check_bits(bits)
-    seed = check_seed(seed)
-    threads = check_threads(threads)
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ShapeError(f"x must be a 3-D (G, N, head_dim) tensor, got {getattr(x, 'shape', type(x))}")
-    check_dtype(x.dtype)
-    g, n, d = x.shape
-    d = check_head_dim(d, "head_dim (x.shape[-1])")
-    cb = code_bytes(d, bits)
+    bits, seed, threads, g, n, d, cb = _group_args(x, "x", bits, seed, threads)
     _check_group_tensor(codes_out, "codes_out", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
     _check_group_tensor(scales_out, "scales_out", torch.float16, (g, n), "(G, N)")
     if not x.device == codes_out.device == scales_out.device:
@@ -403,15 +414,7 @@ def decode_groups(
     Returns:
         ``out``.
     """
-    bits = check_bits(bits)
-    seed = check_seed(seed)
-    threads = check_threads(threads)
-    if not isinstance(out, torch.Tensor) or out.dim() != 3:
-        raise ShapeError(f"out must be a 3-D (G, N, head_dim) tensor, got {getattr(out, 'shape', type(out))}")
-    check_dtype(out.dtype, "out.dtype")
-    g, n, d = out.shape
-    d = check_head_dim(d, "head_dim (out.shape[-1])")
-    cb = code_bytes(d, bits)
+    bits, seed, threads, g, n, d, cb = _group_args(out, "out", bits, seed, threads)
     _check_group_tensor(codes, "codes", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
     _check_group_tensor(scales, "scales", torch.float16, (g, n), "(G, N)")
     if not codes.device == scales.device == out.device:

@@ -528,8 +528,8 @@ class NexusQuantLayer(CacheLayerMixin):
                 # Decoded straight into the attention buffer: no per-layer temporary, no concat.
                 g = dst.shape[0] * self.heads
                 codec.decode_groups(
-                    codes[rows].reshape(g, codes.shape[2], -1)[:, : plan.coded],
-                    scales[rows].reshape(g, scales.shape[2])[:, : plan.coded],
+                    codes[rows].view(g, codes.shape[2], -1)[:, : plan.coded],
+                    scales[rows].view(g, scales.shape[2])[:, : plan.coded],
                     dst.view(g, total, dim)[:, at : at + plan.coded],
                     bits=bits,
                     seed=self.seed,
