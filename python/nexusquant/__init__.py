@@ -16,8 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import errors
-from .codec import QuantizedTensor, dequantize, quantize
+from . import _openmp
+
+# Before anything loads torch: see nexusquant._openmp (never overrides the user's setting).
+_openmp.prefer_passive()
+
+from . import errors  # noqa: E402
+from .codec import QuantizedTensor, dequantize, quantize  # noqa: E402
 
 try:
     from importlib.metadata import PackageNotFoundError, version as _pkg_version

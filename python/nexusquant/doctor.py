@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import _openmp
+
 #: transformers versions older than this lack the per-layer Cache API the cache integration uses.
 MIN_TRANSFORMERS = (5, 17)
 
@@ -60,6 +62,7 @@ def _torch() -> dict[str, Any]:
         "cuda_build": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": _openmp.wait_policy(),
         "devices": [],
     }
     if info["cuda_available"]:
@@ -197,7 +200,7 @@ def _describe_torch(t: dict[str, Any]) -> str:
         for d in t["devices"]
     ) or "no CUDA device, running on cpu"
     return (f"{t['version']} (CUDA build {t['cuda_build'] or 'none'}, {t['threads']} CPU "
-            f"threads); {devices}")
+            f"threads, OMP_WAIT_POLICY {t.get('omp_wait_policy', '?')}); {devices}")
 
 
 def _describe_cupy(c: dict[str, Any]) -> str:

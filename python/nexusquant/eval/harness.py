@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from .. import __version__
+from .. import __version__, _openmp
 from ..errors import InvalidArgumentError
 
 #: The bit settings evaluated by default.
@@ -480,6 +480,7 @@ def passkey(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def decode_speed(
     model: Any, token_ids: torch.Tensor, specs: Sequence[CacheSpec], *, context: int
 ) -> dict[str, float]:
@@ -568,6 +569,7 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": _openmp.wait_policy(),
         "codec_backend": layer.CODEC_BACKEND or "default (Rust core on CPU)",
     }
 
@@ -617,8 +619,8 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [
         "nexusquant quality benchmark",
         f"model: {result['model']}",
-        f"machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
-        f"torch {m['torch']}, transformers {m['transformers']}, nexusquant {m['nexusquant']}, "
+        f"machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, "
+        f"OMP_WAIT_POLICY {m.get('omp_wait_policy', '?')}; torch {m['torch']}, transformers {m['transformers']}, nexusquant {m['nexusquant']}, "
         f"codec backend {m['codec_backend']}",
         f"text: {result['text']} ({result['text_tokens']} tokens)",
         f"baselines: {result['quanto']}",
