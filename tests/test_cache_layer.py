@@ -423,3 +423,75 @@ def test_cuda_cache_generates_and_reports_the_allocator_delta():
     out, report, view = run(True)
     assert view.key_codes.is_cuda and int(view.lengths[0, 1]) > 0
     assert report.cuda_allocated_delta is not None and report.cuda_allocated_delta >= report.total
+
+
+# --------------------------------------------------------------------------------------------
+# the attention workspace
+
+
+def _spy_takes(monkeypatch) -> list[tuple[str, tuple[int, ...], int]]:
+    """Record every AttentionWorkspace.take as (slot, shape, data pointer)."""
+    calls = []
+    real = cache_layer.AttentionWorkspace.take
+
+    def take(self, slot, shape, like):
+        out = real(self, slot, shape, like)
+        calls.append((slot, tuple(shape), out.data_ptr()))
+        return out
+
+    monkeypatch.setattr(cache_layer.AttentionWorkspace, "take", take)
+    return calls
+
+
+def test_workspace_is_shared_by_the_layers_and_let_go_after_the_last(monkeypatch):
+    model = make_tiny_llama(layers=3)
+    calls = _spy_takes(monkeypatch)
+    cache = NexusQuantCache(model.config, 3, 2, **SMALL)
+    ids = random_prompt(30, 1)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        assert cache._workspace.nbytes == 0  # nothing held between forwards
+        model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+    assert cache._workspace.nbytes == 0
+    # Two forwards x three layers x (keys, values); within a forward every layer reuses the
+    # same two buffers.
+    assert len(calls) == 12
+    for forward in (calls[:6], calls[6:]):
+        for slot in ("keys", "values"):
+            assert len({ptr for s, _, ptr in forward if s == slot}) == 1
+
+
+def test_workspace_not_used_while_autograd_records(monkeypatch):
+    model = make_tiny_llama(layers=2)
+    calls = _spy_takes(monkeypatch)
+    cache = NexusQuantCache(model.config, 3, 2, **SMALL)
+    out = model(input_ids=random_prompt(20, 2), past_key_values=cache, use_cache=True)
+    assert calls == []
+    out.logits.sum().backward()  # the saved K/V were never refilled
+    assert model.model.layers[0].self_attn.k_proj.weight.grad is not None
+
+
+def test_workspace_garbage_never_reaches_padding_or_tokens():
+    """A reused buffer holds the previous layer's data: every slot must be rewritten, the pad
+    slots of left-padded rows with zeros. Same results as new tensors, for prompts and steps."""
+    import copy
+
+    torch.manual_seed(0)
+    cache = NexusQuantCache(make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1), 3, 2,
+                            sink_tokens=2, window=4, block=2)
+    layer = cache.layers[0]
+    work = cache_layer.AttentionWorkspace()
+    lengths = [3, 9, 14]
+    width = max(lengths)
+    pads = [width - n for n in lengths]
+    for q in (width, 1, 1, 5, 1):
+        for slot in ("keys", "values"):
+            work.take(slot, (3 * 2 * (width + 20) * 64,), torch.empty(0)).fill_(float("nan"))
+        k, v = torch.randn(3, 2, q, 64), torch.randn(3, 2, q, 64)
+        twin = copy.deepcopy(layer)
+        want_k, want_v = twin.update(k, v, pads=pads)
+        keys, values = layer.update(k, v, pads=pads, workspace=work)
+        torch.testing.assert_close(keys, want_k, rtol=0, atol=0)
+        torch.testing.assert_close(values, want_v, rtol=0, atol=0)
+        for r, pad in enumerate(pads):
+            assert (keys[r, :, :pad] == 0).all() and (values[r, :, :pad] == 0).all()
