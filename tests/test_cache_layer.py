@@ -30,6 +30,19 @@ def roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
                         backend=cache_layer.CODEC_BACKEND)
 
 
+def unbiased_roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """What the cache decodes for values coded with fewer bits than the keys: the codec's codes
+    with each scale multiplied by |x|² / <x, x̂> (x̂ the codec's round trip), rounded to fp16."""
+    c, s = codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND)
+    first = codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=torch.float32,
+                         backend=cache_layer.CODEC_BACKEND)
+    xf = x.float()
+    factor = (xf * xf).sum(-1) / (xf * first).sum(-1)
+    s = (s.float() * factor).to(torch.float16)
+    return codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=x.dtype,
+                        backend=cache_layer.CODEC_BACKEND)
+
+
 def states(batch: int, heads: int, length: int, d: int, seed: int, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     k = torch.randn(batch, heads, length, d, generator=g).to(dtype)
@@ -106,7 +119,8 @@ def test_attention_sees_exact_sinks_window_and_new_tokens_and_decoded_codes():
     keys, values = cache.update(k[:, :, 20:], v[:, :, 20:], 0)
     assert torch.equal(keys[:, :, :2], k[:, :, :2])
     assert torch.equal(keys[:, :, 2:14], roundtrip(k[:, :, 2:14], 4))
-    assert torch.equal(values[:, :, 2:14], roundtrip(v[:, :, 2:14], 3))
+    # K4V3: values carry the unbiased scale (see test_values_get_the_unbiased_scale...).
+    assert torch.equal(values[:, :, 2:14], unbiased_roundtrip(v[:, :, 2:14], 3))
     assert torch.equal(keys[:, :, 14:], k[:, :, 14:]) and torch.equal(values[:, :, 14:], v[:, :, 14:])
 
 
@@ -495,3 +509,29 @@ def test_workspace_garbage_never_reaches_padding_or_tokens():
         torch.testing.assert_close(values, want_v, rtol=0, atol=0)
         for r, pad in enumerate(pads):
             assert (keys[r, :, :pad] == 0).all() and (values[r, :, :pad] == 0).all()
+
+
+
+@pytest.mark.parametrize("key_bits, value_bits", [(3, 2), (4, 2), (4, 3), (3, 3), (2, 2), (2, 3)])
+def test_values_get_the_unbiased_scale_when_keys_have_more_bits(key_bits, value_bits):
+    cfg = make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1)
+    cache = NexusQuantCache(cfg, key_bits, value_bits, sink_tokens=0, window=0, block=1)
+    k, v = states(2, 2, 50, 64, seed=9)
+    v[0, 0, 3] = float("nan")  # a NaN vector keeps its NaN scale
+    v[1, 1, 5] = 0.0  # a zero vector keeps its zero scale
+    cache.update(k, v, 0)
+    view = cache.layers[0].packed_view()
+    ref_codes, ref_scales = codec.encode(v, value_bits, 0, backend=cache_layer.CODEC_BACKEND)
+    assert torch.equal(view.value_codes[:, :, :50], ref_codes)  # the codes are the codec's
+    assert torch.equal(view.key_scales[:, :, :50], codec.encode(k, key_bits, 0)[1])
+    decoded = codec.decode(view.value_codes[:, :, :50], view.value_scales[:, :, :50], bits=value_bits,
+                           seed=0, head_dim=64, dtype=torch.float32, backend=cache_layer.CODEC_BACKEND)
+    assert torch.isnan(view.value_scales[0, 0, 3]) and view.value_scales[1, 1, 5] == 0
+    ok = torch.ones(2, 2, 50, dtype=torch.bool)
+    ok[0, 0, 3] = ok[1, 1, 5] = False
+    along = ((decoded * v).sum(-1) / (v * v).sum(-1))[ok]  # <v̂, v> / |v|²
+    if value_bits < key_bits:
+        torch.testing.assert_close(along, torch.ones_like(along), rtol=0, atol=2e-3)
+    else:
+        torch.testing.assert_close(view.value_scales[:, :, :50], ref_scales, rtol=0, atol=0, equal_nan=True)
+        assert along.mean() < 1 - 0.5 / 10 ** (6.02 * value_bits / 10)  # LS shrinks by ~1/SQNR
