@@ -50,7 +50,7 @@ from .._hf import (
     transformers_layer,
 )
 from ..errors import InvalidArgumentError, ShapeError
-from .layer import AttentionWorkspace, NexusQuantLayer
+from .layer import NexusQuantLayer
 from .offload import layer_class, link_offload
 from .report import COMPONENTS, MemoryReport, storage_bytes
 
@@ -319,8 +319,6 @@ class NexusQuantCache(Cache):
             )
         super().__init__(layers=layers)
         link_offload(self.layers)
-        #: Shared by the compressed layers for the K/V they materialise; let go after the last.
-        self._workspace = AttentionWorkspace()
         self.offload = offload
         self.key_bits, self.value_bits = key_bits, value_bits
         self.sink_tokens, self.window, self.block = sink_tokens, window, block
@@ -347,15 +345,9 @@ class NexusQuantCache(Cache):
         layer = self.layers[layer_idx]
         if isinstance(layer, NexusQuantLayer):
             packed = key_states.shape[2] == 1 and layer.hands_over_packed and self.hands_over()
-            try:
-                return layer.update(
-                    key_states, value_states, pads=self._row_pads(key_states.shape[0]), packed=packed,
-                    workspace=self._workspace,
-                )
-            finally:
-                if not any(isinstance(later, NexusQuantLayer) for later in self.layers[layer_idx + 1:]):
-                    # The forward's last compressed layer: nothing stays held between forwards.
-                    self._workspace.release()
+            return layer.update(
+                key_states, value_states, pads=self._row_pads(key_states.shape[0]), packed=packed
+            )
         return layer.update(key_states, value_states, *args, **kwargs)
 
     def hands_over(self) -> bool:

@@ -26,11 +26,7 @@ Attention (CPU path): :meth:`NexusQuantLayer.update` materialises the layer's ke
 every token back at its absolute position under left padding) and the pad slots are zeros, which
 the model's own mask hides. The tensors are transient: peak memory is the compressed cache plus one
 layer's uncompressed K/V. Tokens of the current forward are returned exactly, even those coded
-during it (a prompt attends to itself exactly; the codes serve every later forward). Inside a
-``NexusQuantCache`` the layers materialise into one shared :class:`AttentionWorkspace` (a key and
-a value buffer that each layer's update refills in turn and that the cache lets go after its last
-layer), so the tensors ``update`` returns are valid until the next layer's ``update``, as a
-decoder's forward uses them.
+during it (a prompt attends to itself exactly; the codes serve every later forward).
 :meth:`NexusQuantLayer.packed_view` exposes the raw storage for a fused kernel.
 
 Buffers grow geometrically (by an eighth, at least :data:`GROWTH_MIN_TOKENS` tokens); the first
@@ -51,7 +47,6 @@ subclass holding more tensors (e.g. attention scores) extends them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -158,45 +153,6 @@ def _grown(buf: torch.Tensor, needed: int, limit: int | None = None) -> torch.Te
     return grown
 
 
-class AttentionWorkspace:
-    """The buffers the layers of one cache materialise their keys and values into.
-
-    Decoding a layer into newly allocated memory every step costs more than the decoding itself
-    on CPU: fresh pages fault in and nothing is in cache (measured on SmolLM2-135M at 2k
-    context, K3V2: the median decode call took 2.6 ms into a new tensor per layer, 1.0 ms into a
-    buffer reused across the layers of a step). The cache's layers therefore fill the same two
-    buffers (keys, values) in turn; each :meth:`take` returns a contiguous view of the first
-    elements, and the cache calls :meth:`release` after its last layer so that nothing stays
-    held between forwards (the views handed out keep their memory alive as long as they are
-    used). Peak memory is unchanged: one layer's uncompressed K/V.
-
-    Not used while autograd records (a tensor saved for backward must not be refilled).
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def take(self, slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device,
-        stored in the ``slot`` buffer (``"keys"`` or ``"values"``), which grows as needed (by an
-        eighth more, so that one-token steps reuse it)."""
-        n = math.prod(shape)
-        buf = self._buffers.get(slot)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
-            buf = torch.empty(n + n // 8, dtype=like.dtype, device=like.device)
-            self._buffers[slot] = buf
-        return buf[:n].view(shape)
-
-    def release(self) -> None:
-        """Let go of the buffers (tensors handed out stay valid)."""
-        self._buffers.clear()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the buffers held now."""
-        return sum(_nbytes(b) for b in self._buffers.values())
-
-
 def _nbytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
@@ -301,7 +257,6 @@ class NexusQuantLayer(CacheLayerMixin):
         *args,
         pads: list[int] | None = None,
         packed: bool = False,
-        workspace: AttentionWorkspace | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the forward's new tokens and return the layer's keys and values for attention.
@@ -314,8 +269,6 @@ class NexusQuantLayer(CacheLayerMixin):
             packed: hand the state over to a fused attention function instead of decoding it
                 (``docs/gpu.md``, "Hand-over from the cache"); only where
                 :attr:`hands_over_packed`.
-            workspace: materialise into its buffers (valid until its next use) instead of new
-                tensors; ``None``: new tensors.
 
         Returns:
             ``(keys, values)``: ``(B, H, T + q, d)`` and ``(B, H, T + q, dv)`` in the model dtype,
@@ -346,8 +299,8 @@ class NexusQuantLayer(CacheLayerMixin):
         # layer holds after storing it (the same tokens coded or not as a fused kernel sees them).
         after = q == 1
         if not (packed or after):
-            keys = self._materialise(groups, key_states, total, workspace, values=False)
-            values = self._materialise(groups, value_states, total, workspace, values=True)
+            keys = self._materialise(groups, key_states, total, values=False)
+            values = self._materialise(groups, value_states, total, values=True)
         for rows, plan in groups:
             self._store(rows, plan, key_states, value_states)
         self.lengths = torch.tensor(
@@ -362,8 +315,8 @@ class NexusQuantLayer(CacheLayerMixin):
             return attach_packed(view.raw_k, view), view.raw_v
         if after:
             stored = [(rows, plan.stored()) for rows, plan in groups]
-            keys = self._materialise(stored, key_states, total, workspace, values=False)
-            values = self._materialise(stored, value_states, total, workspace, values=True)
+            keys = self._materialise(stored, key_states, total, values=False)
+            values = self._materialise(stored, value_states, total, values=True)
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -553,8 +506,7 @@ class NexusQuantLayer(CacheLayerMixin):
         self.window_values = _grown(self.window_values, window, limit)
 
     def _materialise(
-        self, groups: list[tuple[slice, _RowPlan]], states: torch.Tensor, total: int,
-        workspace: AttentionWorkspace | None, *, values: bool,
+        self, groups: list[tuple[slice, _RowPlan]], states: torch.Tensor, total: int, *, values: bool
     ) -> torch.Tensor:
         """``(B, H, total, d)`` keys (or values) for attention, rows right-aligned."""
         if values:
@@ -564,17 +516,12 @@ class NexusQuantLayer(CacheLayerMixin):
             sinks, window = self.sink_keys, self.window_keys
             codes, scales, bits, dim = self.key_codes, self.key_scales, self.key_bits, self.head_dim
         q = states.shape[2]
-        shape = (self.batch, self.heads, total, dim)
-        if workspace is None or (torch.is_grad_enabled() and states.requires_grad):
-            full = states.new_empty(shape)
-        else:
-            full = workspace.take("values" if values else "keys", shape, states)
+        # Every slot a row's tokens fill is written below; only left-padding slots need zeros.
+        padded = any(plan.stored_after != total for _, plan in groups)
+        full = (states.new_zeros if padded else states.new_empty)(self.batch, self.heads, total, dim)
         for rows, plan in groups:
             dst = full[rows]
             at = total - plan.stored_after
-            if at:
-                # Every slot a row's tokens fill is written below; left-padding slots are zeros.
-                dst[:, :, :at] = 0
             if plan.sinks:
                 dst[:, :, at : at + plan.sinks] = sinks[rows, :, : plan.sinks]
                 at += plan.sinks
