@@ -480,7 +480,6 @@ def passkey(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def decode_speed(
     model: Any, token_ids: torch.Tensor, specs: Sequence[CacheSpec], *, context: int
 ) -> dict[str, float]:
