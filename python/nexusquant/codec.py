@@ -7,7 +7,9 @@ oracle on any device. All three produce the same bytes (``docs/codec.md``).
 
 ``encode_groups`` / ``decode_groups`` do the same for ``(G, N, ·)`` groups that are slices of
 larger buffers (a KV cache's code buffers, an attention buffer), reading and writing them in
-place with one pass over the thread pool.
+place with one pass over the thread pool. ``attention_scores`` / ``attention_values`` do the
+arithmetic of attention (query dot products, weighted sums) straight on such groups of codes,
+without decoding them (the CPU path of fused decode attention).
 
 Non-finite input: a head-vector containing NaN or ±Inf is stored with a NaN scale and decodes to
 all-NaN; every other head-vector in the tensor is unaffected. A head-vector of zeros decodes to
@@ -440,6 +442,159 @@ def decode_groups(
     return out
 
 
+def _attention_args(
+    codes: object, scales: object, counts: object, g: int, n: int, d: int, bits: int, device: torch.device
+) -> torch.Tensor:
+    """Validate the coded operand of :func:`attention_scores` / :func:`attention_values`;
+    returns ``counts`` as int64 on the CPU."""
+    _check_group_tensor(codes, "codes", torch.uint8, (g, n, code_bytes(d, bits)), "(G, N, head_dim*bits/8)")
+    _check_group_tensor(scales, "scales", torch.float16, (g, n), "(G, N)")
+    if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.shape[0] != g or (
+        counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool
+    ):
+        raise ShapeError(
+            f"counts must be a 1-D integer tensor of {g} token counts (one per group), got "
+            f"{getattr(counts, 'dtype', type(counts).__name__)} {tuple(getattr(counts, 'shape', ()))}"
+        )
+    if not codes.device == scales.device == device:
+        raise DeviceError(f"codes, scales and the queries/weights must be on one device, got "
+                          f"{codes.device}, {scales.device} and {device}")
+    counts = counts.to("cpu", torch.int64)
+    if g and (int(counts.min()) < 0 or int(counts.max()) > n):
+        raise InvalidArgumentError(f"counts must be in [0, {n}] (the tokens of each group), got {counts.tolist()}")
+    return counts
+
+
+def _check_f32_3d(t: object, name: str, layout: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.dtype != torch.float32:
+        raise ShapeError(
+            f"{name} must be a 3-D {layout} float32 tensor, got "
+            f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
+        )
+
+
+def _reference_decoded(codes, scales, counts, bits, seed, d) -> torch.Tensor:
+    """The groups decoded to float32 ``(G, N, d)``, slots past each count zero (reference)."""
+    g, n = scales.shape
+    out = torch.zeros(g, n, d, dtype=torch.float32, device=codes.device)
+    if g and n:
+        decode_groups(codes, scales, out, bits=bits, seed=seed, backend="reference")
+    valid = torch.arange(n, device=codes.device)[None, :] < counts.to(codes.device)[:, None]
+    return out * valid[..., None]
+
+
+def attention_scores(
+    queries: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    bits: int,
+    seed: int,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Dot products of queries with coded head-vectors, without decoding them.
+
+    ``out[i, t, j] = <queries[i, j], x̂[i, t]>`` where ``x̂[i, t]`` is what :func:`decode` gives
+    for ``codes[i, t]`` / ``scales[i, t]``, for the first ``counts[i]`` tokens of group ``i``;
+    ``-inf`` for the slots after them. On the CPU the Rust core rotates each query once
+    (``<q, R⁻¹y> = <Rq, y>``) and works on the lattice points directly: no decoded rows, no
+    per-token rotation. The result equals decoding then multiplying up to float32 rounding.
+    A NaN scale gives NaN scores.
+
+    Args:
+        queries: ``(G, q, head_dim)`` float32: the ``q`` queries of each group (e.g. the query
+            heads sharing one KV head, already multiplied by the softmax scale).
+        codes, scales: ``(G, N, head_dim*bits/8)`` uint8 and ``(G, N)`` float16; each group
+            contiguous, the first axis may have any stride (slices of a cache's buffers).
+        counts: ``(G,)`` integer tensor, the tokens of each group (``0 <= counts <= N``).
+        bits, seed: the codes' parameters.
+        backend: as for :func:`decode` (``"reference"``: decode with the oracle, then matmul).
+
+    Returns:
+        ``(G, N, q)`` float32, token-major.
+    """
+    bits, seed, threads = check_bits(bits), check_seed(seed), check_threads(threads)
+    _check_f32_3d(queries, "queries", "(G, q, head_dim)")
+    g, nq, d = queries.shape
+    d = check_head_dim(d, "head_dim (queries.shape[-1])")
+    n = codes.shape[1] if isinstance(codes, torch.Tensor) and codes.dim() == 3 else -1
+    counts = _attention_args(codes, scales, counts, g, n, d, bits, queries.device)
+    if _choose_backend(queries.device, backend) != "core":
+        keys = _reference_decoded(codes, scales, counts, bits, seed, d)
+        out = torch.bmm(keys, queries.transpose(1, 2))
+        valid = torch.arange(n, device=out.device)[None, :] < counts.to(out.device)[:, None]
+        return out.masked_fill(~valid[..., None], float("-inf"))
+    out = torch.empty(g, n, nq, dtype=torch.float32)
+    if g and n and nq:
+        _core().attention_scores(
+            _np_view(queries.contiguous()),
+            _np_view(_grouped(codes)),
+            _np_view(_grouped(scales).view(torch.int16)),
+            counts.numpy(),
+            _np_view(out),
+            bits=bits,
+            seed=seed,
+            threads=threads,
+        )
+    return out
+
+
+def attention_values(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    weights: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    bits: int,
+    seed: int,
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Weighted sums of coded head-vectors, without decoding them.
+
+    ``out[i, j] = Σ_{t < counts[i]} weights[i, t, j] · x̂[i, t]`` (``x̂`` as in
+    :func:`attention_scores`). On the CPU the Rust core sums the lattice points in the rotated
+    domain and rotates each sum back once. Slots past a group's count are not read. A NaN
+    scale poisons the sums it takes part in, as its decoded NaN row would.
+
+    Args:
+        codes, scales, counts, bits, seed, backend: as for :func:`attention_scores`.
+        weights: ``(G, N, q)`` float32, token-major (the attention weights of ``q`` queries).
+
+    Returns:
+        ``(G, q, head_dim)`` float32.
+    """
+    bits, seed, threads = check_bits(bits), check_seed(seed), check_threads(threads)
+    _check_f32_3d(weights, "weights", "(G, N, q)")
+    g, n, nq = weights.shape
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or codes.shape[-1] * 8 % bits:
+        raise ShapeError(
+            f"codes must be a 3-D (G, N, head_dim*bits/8) uint8 tensor, got "
+            f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}"
+        )
+    d = check_head_dim(codes.shape[-1] * 8 // bits, "head_dim (codes.shape[-1]*8/bits)")
+    counts = _attention_args(codes, scales, counts, g, n, d, bits, weights.device)
+    if _choose_backend(weights.device, backend) != "core":
+        values = _reference_decoded(codes, scales, counts, bits, seed, d)
+        valid = torch.arange(n, device=values.device)[None, :] < counts.to(values.device)[:, None]
+        return torch.bmm(weights.masked_fill(~valid[..., None], 0.0).transpose(1, 2), values)
+    out = torch.zeros(g, nq, d, dtype=torch.float32)
+    if g and nq:
+        _core().attention_values(
+            _np_view(_grouped(codes)),
+            _np_view(_grouped(scales).view(torch.int16)),
+            _np_view(weights.contiguous()),
+            counts.numpy(),
+            _np_view(out),
+            bits=bits,
+            seed=seed,
+            threads=threads,
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # high level: QuantizedTensor
 
@@ -560,6 +715,8 @@ __all__ = [
     "decode",
     "encode_groups",
     "decode_groups",
+    "attention_scores",
+    "attention_values",
     "code_bytes",
     "check_bits",
     "check_head_dim",

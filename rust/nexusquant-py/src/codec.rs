@@ -1,4 +1,5 @@
-//! Bindings of the codec: `encode`, `decode`, `scalar_roundtrip`, `build_info`.
+//! Bindings of the codec: `encode`, `decode` (and their grouped forms), `attention_scores`,
+//! `attention_values`, `scalar_roundtrip`, `build_info`.
 //!
 //! Inputs and outputs are C-contiguous numpy arrays (Python makes them as zero-copy views of
 //! torch buffers) that are read and written in place. 16-bit floats travel as `uint16` bit
@@ -627,6 +628,158 @@ fn zip3<'a, T>(
         .collect()
 }
 
+/// The per-group token counts of the attention functions: a 1-D integer array of `groups`
+/// values in `[0, n]`.
+fn attention_counts(
+    py: Python<'_>,
+    counts: &Bound<'_, PyAny>,
+    groups: usize,
+    n: usize,
+) -> PyResult<Vec<usize>> {
+    let ca = array(counts, "counts", 1, "(G,) int64")?;
+    check_dtype(
+        &ca,
+        "counts",
+        "int64",
+        ca.dtype().is_equiv_to(&numpy::dtype::<i64>(py)),
+    )?;
+    check_shape(py, "counts", ca.shape(), &[groups])?;
+    let counts: PyReadonlyArray1<'_, i64> = counts.extract()?;
+    counts
+        .as_slice()?
+        .iter()
+        .map(|&c| match usize::try_from(c) {
+            Ok(c) if c <= n => Ok(c),
+            _ => Err(error(
+                py,
+                "InvalidArgumentError",
+                format!("counts must be in [0, {n}] (the tokens of each group), got {c}"),
+            )),
+        })
+        .collect()
+}
+
+/// The coded keys or values of the attention functions: `codes` (G, N, d·bits/8) uint8 and
+/// `scales` (G, N) uint16, each group dense (see `decode_groups`).
+fn attention_codes<'py>(
+    py: Python<'py>,
+    codes: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    g: usize,
+    n: usize,
+    cb: usize,
+) -> PyResult<(PyReadonlyArray3<'py, u8>, PyReadonlyArray2<'py, u16>)> {
+    let ca = grouped(codes, "codes", 3, "(G, N, head_dim*bits/8) uint8")?;
+    check_dtype(
+        &ca,
+        "codes",
+        "uint8",
+        ca.dtype().is_equiv_to(&numpy::dtype::<u8>(py)),
+    )?;
+    check_shape(py, "codes", ca.shape(), &[g, n, cb])?;
+    let sa = grouped(scales, "scales", 2, "(G, N) uint16")?;
+    check_dtype(
+        &sa,
+        "scales",
+        "uint16 (fp16 bit patterns)",
+        sa.dtype().is_equiv_to(&numpy::dtype::<u16>(py)),
+    )?;
+    check_shape(py, "scales", sa.shape(), &[g, n])?;
+    Ok((codes.extract()?, scales.extract()?))
+}
+
+/// Attention scores straight from coded keys (no decode): `queries` (G, q, head_dim) float32,
+/// `codes` (G, N, head_dim·bits/8) uint8, `scales` (G, N) uint16, `counts` (G,) int64 (tokens
+/// of each group, the first ones), `out` (G, N, q) float32 written in place:
+/// `out[i, t, j] = <queries[i, j], decode(codes[i, t], scales[i, t])>` for `t < counts[i]`,
+/// `-inf` after. Codes and scales may be slices of larger buffers along N (each group dense).
+#[pyfunction]
+#[pyo3(signature = (queries, codes, scales, counts, out, *, bits, seed, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn attention_scores(
+    py: Python<'_>,
+    queries: &Bound<'_, PyAny>,
+    codes: &Bound<'_, PyAny>,
+    scales: &Bound<'_, PyAny>,
+    counts: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    threads: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let t = self::threads(py, threads)?;
+    let qa = array(queries, "queries", 3, "(G, q, head_dim) float32")?;
+    check_dtype(&qa, "queries", "float32", Dtype::F32.accepts(&qa))?;
+    let (g, nq, d) = (qa.shape()[0], qa.shape()[1], qa.shape()[2]);
+    let c = codec(py, d, bits, seed)?;
+    let oa = array(out, "out", 3, "(G, N, q) float32")?;
+    check_dtype(&oa, "out", "float32", Dtype::F32.accepts(&oa))?;
+    let n = oa.shape()[1];
+    check_shape(py, "out", oa.shape(), &[g, n, nq])?;
+    let (codes, scales) = attention_codes(py, codes, scales, g, n, c.params().code_bytes())?;
+    let counts = attention_counts(py, counts, g, n)?;
+    let queries: PyReadonlyArray3<'_, f32> = queries.extract()?;
+    let mut o: PyReadwriteArray3<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
+    let cb = c.params().code_bytes();
+    let (cs, ss) = (
+        group_slices(codes.as_array()),
+        group_slices(scales.as_array()),
+    );
+    let mut os = group_slices_mut(o.as_array_mut());
+    let mut groups = Vec::with_capacity(g);
+    for (((cs, ss), os), &k) in cs.into_iter().zip(ss).zip(os.iter_mut()).zip(&counts) {
+        let (head, tail) = os.split_at_mut(k * nq);
+        tail.fill(f32::NEG_INFINITY);
+        groups.push((&cs[..k * cb], &ss[..k], head));
+    }
+    let qs = queries.as_slice()?;
+    run(py, || c.attention_scores_into(qs, groups, t))
+}
+
+/// Weighted sums straight from coded values (no decode): `codes` (G, N, head_dim·bits/8)
+/// uint8, `scales` (G, N) uint16, `weights` (G, N, q) float32 (token-major), `counts` (G,)
+/// int64, `out` (G, q, head_dim) float32 written in place:
+/// `out[i, j] = Σ_{t < counts[i]} weights[i, t, j] · decode(codes[i, t], scales[i, t])`.
+/// Slots past a group's count are not read.
+#[pyfunction]
+#[pyo3(signature = (codes, scales, weights, counts, out, *, bits, seed, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn attention_values(
+    py: Python<'_>,
+    codes: &Bound<'_, PyAny>,
+    scales: &Bound<'_, PyAny>,
+    weights: &Bound<'_, PyAny>,
+    counts: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    threads: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let t = self::threads(py, threads)?;
+    let oa = array(out, "out", 3, "(G, q, head_dim) float32")?;
+    check_dtype(&oa, "out", "float32", Dtype::F32.accepts(&oa))?;
+    let (g, nq, d) = (oa.shape()[0], oa.shape()[1], oa.shape()[2]);
+    let c = codec(py, d, bits, seed)?;
+    let wa = array(weights, "weights", 3, "(G, N, q) float32")?;
+    check_dtype(&wa, "weights", "float32", Dtype::F32.accepts(&wa))?;
+    let n = wa.shape()[1];
+    check_shape(py, "weights", wa.shape(), &[g, n, nq])?;
+    let (codes, scales) = attention_codes(py, codes, scales, g, n, c.params().code_bytes())?;
+    let counts = attention_counts(py, counts, g, n)?;
+    let weights: PyReadonlyArray3<'_, f32> = weights.extract()?;
+    let mut o: PyReadwriteArray3<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
+    let cb = c.params().code_bytes();
+    let groups = group_slices(codes.as_array())
+        .into_iter()
+        .zip(group_slices(scales.as_array()))
+        .zip(group_slices(weights.as_array()))
+        .zip(&counts)
+        .map(|(((cs, ss), ws), &k)| (&cs[..k * cb], &ss[..k], &ws[..k * nq]))
+        .collect();
+    let os = o.as_slice_mut()?;
+    run(py, || c.attention_values_into(groups, os, t))
+}
+
 /// The scalar baseline: the same rotation, then per-vector round-to-nearest at `bits` with the
 /// best clipping scale (one fp16 step); encodes and decodes the float32 rows of `x`
 /// (N, head_dim) into `out` (same shape), in place. For benchmarks and evaluation only.
@@ -680,6 +833,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_groups, m)?)?;
     m.add_function(wrap_pyfunction!(encode_groups, m)?)?;
     m.add_function(wrap_pyfunction!(scalar_roundtrip, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_values, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! FMA is deliberately not enabled, and Rust never contracts `a * b + c` on its own, so both
 //! instantiations compute the spec's exact binary32 operations and agree bit for bit.
 
+use super::attend::{scores_rows as scores_impl, values_rows as values_impl};
 use super::decode::decode_rows as decode_impl;
 use super::element::Element;
 use super::encode::encode_rows as encode_impl;
@@ -65,6 +66,18 @@ dispatch!(
     scalar_rows<>(codec: &Codec, x: &[f32], out: &mut [f32]) => scalar_impl
 );
 
+dispatch!(
+    /// Scores of coded keys ([`scores_impl`]) with the best instruction set available.
+    scores_rows<>(codec: &Codec, rq: &[f32], codes: &[u8], scales: &[u16], out: &mut [f32])
+        => scores_impl
+);
+
+dispatch!(
+    /// Rotated value sums ([`values_impl`]) with the best instruction set available.
+    values_rows<>(codec: &Codec, weights: &[f32], codes: &[u8], scales: &[u16], out: &mut [f32])
+        => values_impl
+);
+
 /// The AVX2 + F16C instantiations: the only place kernels run with the [`Avx2`] backend.
 /// Callers must check the CPU first.
 #[cfg(target_arch = "x86_64")]
@@ -90,6 +103,28 @@ mod avx2 {
         out: &mut [T],
     ) {
         decode_impl::<Avx2, T>(codec, codes, scales, out);
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn scores_rows(
+        codec: &Codec,
+        rq: &[f32],
+        codes: &[u8],
+        scales: &[u16],
+        out: &mut [f32],
+    ) {
+        scores_impl::<Avx2>(codec, rq, codes, scales, out);
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn values_rows(
+        codec: &Codec,
+        weights: &[f32],
+        codes: &[u8],
+        scales: &[u16],
+        out: &mut [f32],
+    ) {
+        values_impl::<Avx2>(codec, weights, codes, scales, out);
     }
 
     #[target_feature(enable = "avx2,f16c")]

@@ -24,6 +24,7 @@
 //! # Ok::<(), nexusquant_core::codec::CodecError>(())
 //! ```
 
+pub mod attend;
 pub mod decode;
 pub mod e8;
 pub mod element;
@@ -229,6 +230,152 @@ impl Codec {
         Ok(())
     }
 
+    /// Attention scores of coded keys without decoding them ([`attend`]): for each group
+    /// `(codes, scales, out)` of `n = scales.len()` coded head-vectors `x̂_t` and its `g` queries
+    /// `queries[group·g·d ..][.. g·d]` (`g × d`, row after row), writes
+    /// `out[t·g + j] = <q_j, x̂_t>` (token-major, `n·g` values).
+    ///
+    /// Equal to decoding the head-vectors and taking the dot products, up to binary32 rounding
+    /// (one rotation per query instead of one per token). A NaN scale gives NaN scores.
+    ///
+    /// # Errors
+    /// [`CodecError::PartialVector`] when `queries.len()` is not a multiple of `d`,
+    /// [`CodecError::Length`] when `queries` does not hold `g` queries per group or a group's
+    /// lengths disagree (nothing is written then), [`CodecError::Threads`] or
+    /// [`CodecError::ThreadPool`] for the thread choice.
+    pub fn attention_scores_into(
+        &self,
+        queries: &[f32],
+        groups: Vec<(&[u8], &[u16], &mut [f32])>,
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (rq, g) = self.rotated_queries(queries, groups.len())?;
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let lens = groups.iter().map(|(c, s, o)| (s.len(), c.len(), o.len()));
+        let (runner, inline, chunk) = self.attention_split(lens, "out", g, threads)?;
+        let mut tasks = Vec::new();
+        for (i, (codes, scales, out)) in groups.into_iter().enumerate() {
+            let q = &rq[i * g * d..(i + 1) * g * d];
+            tasks.extend(
+                codes
+                    .chunks(chunk * cb)
+                    .zip(scales.chunks(chunk))
+                    .zip(out.chunks_mut(chunk * g))
+                    .map(move |((c, s), o)| (q, c, s, o)),
+            );
+        }
+        let task = |(q, c, s, o): (&[f32], &[u8], &[u16], &mut [f32])| {
+            kernel::scores_rows(self, q, c, s, o);
+        };
+        if inline {
+            tasks.into_iter().for_each(task);
+        } else {
+            runner.install(|| tasks.into_par_iter().for_each(task));
+        }
+        Ok(())
+    }
+
+    /// Weighted sums of coded values without decoding them ([`attend`]): for each group
+    /// `(codes, scales, weights)` of `n = scales.len()` coded head-vectors `x̂_t` and its
+    /// token-major weights (`weights[t·g + j]`, `n·g` values), writes
+    /// `out[group·g·d + j·d + i] = Σ_t weights[t·g + j] · x̂_t[i]` (`g × d` per group).
+    ///
+    /// Equal to decoding the head-vectors and summing, up to binary32 rounding (one inverse
+    /// rotation per query instead of one per token). The partial sums of the tasks a group is
+    /// split into are added in a fixed order, so the result does not depend on scheduling for
+    /// a given thread count. A NaN scale poisons the sums it takes part in (even with weight 0,
+    /// as a decoded NaN row would).
+    ///
+    /// # Errors
+    /// [`CodecError::PartialVector`] when `out.len()` is not a multiple of `d`,
+    /// [`CodecError::Length`] when `out` does not hold `g` sums per group or a group's lengths
+    /// disagree (nothing is written then), [`CodecError::Threads`] or
+    /// [`CodecError::ThreadPool`] for the thread choice.
+    pub fn attention_values_into(
+        &self,
+        groups: Vec<(&[u8], &[u16], &[f32])>,
+        out: &mut [f32],
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
+        let g = per_group("out", out.len(), d, groups.len())?;
+        let lens = groups.iter().map(|(c, s, w)| (s.len(), c.len(), w.len()));
+        let (runner, inline, chunk) = self.attention_split(lens, "weights", g, threads)?;
+        // One task per chunk of a group, each with its own partial sums (group index kept).
+        let mut tasks = Vec::new();
+        for (i, (codes, scales, weights)) in groups.iter().enumerate() {
+            tasks.extend(
+                codes
+                    .chunks(chunk * cb)
+                    .zip(scales.chunks(chunk))
+                    .zip(weights.chunks(chunk * g))
+                    .map(move |((c, s), w)| (i, c, s, w)),
+            );
+        }
+        let task = |(i, c, s, w): (usize, &[u8], &[u16], &[f32])| {
+            let mut part = vec![0f32; g * d];
+            kernel::values_rows(self, w, c, s, &mut part);
+            (i, part)
+        };
+        let partials: Vec<(usize, Vec<f32>)> = if inline {
+            tasks.into_iter().map(task).collect()
+        } else {
+            runner.install(|| tasks.into_par_iter().map(task).collect())
+        };
+        out.fill(0.0);
+        for (i, part) in partials {
+            for (o, p) in out[i * g * d..(i + 1) * g * d].iter_mut().zip(&part) {
+                *o += *p;
+            }
+        }
+        for v in out.chunks_exact_mut(d) {
+            self.rotation.inverse(v);
+        }
+        Ok(())
+    }
+
+    /// Checks the lengths `(n, codes, per-token buffer)` of each attention group (the buffer
+    /// named `name` holds `g` values per token) and picks how to run them: the runner, whether
+    /// inline, and the tokens per task.
+    fn attention_split(
+        &self,
+        lens: impl Iterator<Item = (usize, usize, usize)>,
+        name: &'static str,
+        g: usize,
+        threads: Threads,
+    ) -> Result<(Runner, bool, usize), CodecError> {
+        let cb = self.params.code_bytes();
+        let mut total = 0;
+        for (n, codes, other) in lens {
+            check_len("codes", "N × head_dim·bits/8 bytes", n * cb, codes)?;
+            check_len(name, "N × g, token-major", n * g, other)?;
+            total += n;
+        }
+        let runner = Runner::new(threads)?;
+        let inline = runner.is_inline() || total <= L;
+        let chunk = if inline {
+            usize::MAX / cb.max(g).max(1)
+        } else {
+            chunk_rows(total, runner.threads())
+        };
+        Ok((runner, inline, chunk))
+    }
+
+    /// `R q` of every query, and the number of queries per group.
+    fn rotated_queries(
+        &self,
+        queries: &[f32],
+        groups: usize,
+    ) -> Result<(Vec<f32>, usize), CodecError> {
+        let d = self.params.head_dim();
+        let g = per_group("queries", queries.len(), d, groups)?;
+        let mut rq = queries.to_vec();
+        for v in rq.chunks_exact_mut(d) {
+            self.rotation.forward(v);
+        }
+        Ok((rq, g))
+    }
+
     /// The scalar baseline ([`scalar`]): encodes and decodes the rows of `x` into `out`.
     ///
     /// # Errors
@@ -270,6 +417,23 @@ fn rows(name: &'static str, len: usize, d: usize) -> Result<usize, CodecError> {
             got: len,
         })
     }
+}
+
+/// Vectors per group of a buffer of `len` values shared evenly by `groups` groups (0 when
+/// there are no groups and the buffer is empty).
+fn per_group(name: &'static str, len: usize, d: usize, groups: usize) -> Result<usize, CodecError> {
+    let n = rows(name, len, d)?;
+    if groups == 0 {
+        check_len(name, "g × head_dim values per group", 0, len)?;
+        return Ok(0);
+    }
+    check_len(
+        name,
+        "g × head_dim values per group",
+        n / groups * groups * d,
+        len,
+    )?;
+    Ok(n / groups)
 }
 
 /// Rows per parallel task: about four tasks per thread, a multiple of the lane count, at most
