@@ -239,3 +239,14 @@ def tiny_llama():
 def tiny_gemma2():
     """The :func:`make_tiny_gemma2` factory."""
     return make_tiny_gemma2
+
+
+def centred_keys(k: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cache's key centring, written out: the centre is the mean of a row's first coded keys
+    ``first`` (per head, in the model dtype); a key is coded as ``k - centre`` when that is
+    shorter than ``k``. Returns (what is coded, which keys are centred, the centre)."""
+    centre = first.float().mean(2, keepdim=True).to(k.dtype)
+    kf = k.float()
+    shifted = kf - centre.float()
+    use = shifted.square().sum(-1) < kf.square().sum(-1)
+    return torch.where(use[..., None], shifted, kf), use, centre

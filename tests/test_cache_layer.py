@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llama_config, random_prompt
+from conftest import centred_keys, left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llama_config, random_prompt
 from transformers import DynamicCache
 
 from nexusquant import NexusQuantCache, codec, compress_kv_cache
 from nexusquant._hf import cache_kwarg
 from nexusquant.cache import NexusQuantLayer
 from nexusquant.cache import layer as cache_layer
+from nexusquant.cache.persist import cache_from_bytes, cache_to_bytes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -41,6 +42,16 @@ def unbiased_roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
     s = (s.float() * factor).to(torch.float16)
     return codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=x.dtype,
                         backend=cache_layer.CODEC_BACKEND)
+
+
+def key_roundtrip(k: torch.Tensor, bits: int, first: torch.Tensor) -> torch.Tensor:
+    """What the cache decodes for keys ``k`` of rows whose first coded keys were ``first``: the
+    round trip of what is coded, plus the centre where the key was centred."""
+    coded, use, centre = centred_keys(k, first)
+    c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND)
+    out = codec.decode(c, s, bits=bits, seed=0, head_dim=k.shape[-1], dtype=k.dtype,
+                       backend=cache_layer.CODEC_BACKEND)
+    return out.addcmul(use[..., None].to(k.dtype), centre)
 
 
 def states(batch: int, heads: int, length: int, d: int, seed: int, dtype=torch.float32):
@@ -118,7 +129,7 @@ def test_attention_sees_exact_sinks_window_and_new_tokens_and_decoded_codes():
     assert cache.layers[0].packed_view().lengths.tolist() == [[2, 12, 6]]
     keys, values = cache.update(k[:, :, 20:], v[:, :, 20:], 0)
     assert torch.equal(keys[:, :, :2], k[:, :, :2])
-    assert torch.equal(keys[:, :, 2:14], roundtrip(k[:, :, 2:14], 4))
+    assert torch.equal(keys[:, :, 2:14], key_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14]))
     # K4V3: values carry the unbiased scale (see test_values_get_the_unbiased_scale...).
     assert torch.equal(values[:, :, 2:14], unbiased_roundtrip(v[:, :, 2:14], 3))
     assert torch.equal(keys[:, :, 14:], k[:, :, 14:]) and torch.equal(values[:, :, 14:], v[:, :, 14:])
@@ -137,7 +148,8 @@ def test_codes_are_written_once_from_the_exact_tokens():
         s, c, w = view.lengths[0].tolist()
         assert s == 1 and 3 <= w < 5 and c % 2 == 0
         codes = view.key_codes[:, :, :c].clone()
-        assert torch.equal(codes, encode(k[:, :, 1:1 + c], 3))
+        # The first coded block (tokens 1, 2) fixed the centre.
+        assert torch.equal(codes, encode(centred_keys(k[:, :, 1:1 + c], k[:, :, 1:3])[0], 3))
         assert torch.equal(view.value_codes[:, :, :c], encode(v[:, :, 1:1 + c], 2))
         if previous is not None:
             assert torch.equal(codes[:, :, : previous.shape[2]], previous)
@@ -151,7 +163,7 @@ def test_block_one_window_zero_codes_every_token_on_arrival():
     cache.update(k[:, :, :5], v[:, :, :5], 0)
     assert cache.layers[0].packed_view().lengths.tolist() == [[0, 5, 0]] * 2
     keys, _ = cache.update(k[:, :, 5:], v[:, :, 5:], 0)
-    assert torch.equal(keys[:, :, :5], roundtrip(k[:, :, :5], 2))
+    assert torch.equal(keys[:, :, :5], key_roundtrip(k[:, :, :5], 2, k[:, :, :5]))
     assert cache.memory_report().allocated["window"] == 0
     assert cache.memory_report().allocated["sinks"] == 0
 
@@ -450,7 +462,7 @@ def test_values_get_the_unbiased_scale_when_keys_have_more_bits(key_bits, value_
     view = cache.layers[0].packed_view()
     ref_codes, ref_scales = codec.encode(v, value_bits, 0, backend=cache_layer.CODEC_BACKEND)
     assert torch.equal(view.value_codes[:, :, :50], ref_codes)  # the codes are the codec's
-    assert torch.equal(view.key_scales[:, :, :50], codec.encode(k, key_bits, 0)[1])
+    assert torch.equal(view.key_scales[:, :, :50].abs(), codec.encode(centred_keys(k, k)[0], key_bits, 0)[1])
     decoded = codec.decode(view.value_codes[:, :, :50], view.value_scales[:, :, :50], bits=value_bits,
                            seed=0, head_dim=64, dtype=torch.float32, backend=cache_layer.CODEC_BACKEND)
     assert torch.isnan(view.value_scales[0, 0, 3]) and view.value_scales[1, 1, 5] == 0
@@ -462,3 +474,49 @@ def test_values_get_the_unbiased_scale_when_keys_have_more_bits(key_bits, value_
     else:
         torch.testing.assert_close(view.value_scales[:, :, :50], ref_scales, rtol=0, atol=0, equal_nan=True)
         assert along.mean() < 1 - 0.5 / 10 ** (6.02 * value_bits / 10)  # LS shrinks by ~1/SQNR
+
+
+def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
+    """Post-RoPE keys share a large component; the first coded tokens of a row fix its centre and
+    later keys are coded relative to it where that makes them shorter (sign bit of the scale)."""
+    cfg = make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1)
+    k, v = states(2, 2, 70, 64, seed=12)
+    offset = torch.linspace(-3, 3, 64)
+    k = k + offset  # a common component 3x the keys' own spread
+    k[0, 1, 0] = -4 * offset  # a key unlike the others (a sink) keeps its own norm
+    k[1, 0, 2] = float("nan")  # a NaN key neither moves the centre nor gets centred
+    cache = NexusQuantCache(cfg, 3, 2, sink_tokens=0, window=4, block=8)
+    cache.update(k[:, :, :40], v[:, :, :40], 0)  # codes tokens 0..32 (4 blocks): fixes the centre
+    layer = cache.layers[0]
+    finite = k[:, :, :32].clone()
+    finite[1, 0, 2] = 0
+    want_centre = finite.sum(2) / torch.tensor([[32, 32], [31, 32]])[..., None]
+    torch.testing.assert_close(layer.key_means, want_centre, rtol=0, atol=1e-6)
+    for t in range(40, 70):  # decode steps code later blocks against the same centre
+        cache.update(k[:, :, t:t + 1], v[:, :, t:t + 1], 0)
+    torch.testing.assert_close(layer.key_means, want_centre, rtol=0, atol=1e-6)
+    view = layer.packed_view()
+    c = int(view.lengths[0, 1])
+    assert c == 64
+    flags = view.key_scales[:, :, :c].view(torch.int16) < 0
+    shifted = (k[:, :, :c] - layer.key_means[:, :, None]).norm(dim=-1)
+    assert torch.equal(flags, shifted < k[:, :, :c].norm(dim=-1))
+    assert not flags[0, 1, 0] and not flags[1, 0, 2] and flags.float().mean() > 0.9
+    assert torch.isnan(view.key_scales[1, 0, 2])
+    keys, _ = cache.update(k[:, :, 69:70], v[:, :, 69:70], 0)  # nothing new coded by this step
+    seq = keys.shape[2]
+    decoded = keys[:, :, seq - 71 + 0 : seq - 71 + c]
+    err = (decoded - k[:, :, :c]).float().norm(dim=-1)
+    err[1, 0, 2] = 0
+    plain = roundtrip(k[:, :, :c], 3)
+    plain_err = (plain - k[:, :, :c]).norm(dim=-1)
+    plain_err[1, 0, 2] = 0
+    # Centred keys are coded with the error of their own, much smaller, spread.
+    assert err.sum() < 0.5 * plain_err.sum()
+    assert torch.isnan(decoded[1, 0, 2]).all()
+    # Loaded back from bytes, the cache holds the same centre and flags and decodes the same keys.
+    again = cache_from_bytes(cache_to_bytes(cache), cfg)
+    assert torch.equal(again.layers[0].key_means, layer.key_means)
+    assert torch.equal(again.layers[0].key_scales.view(torch.int16)[:, :, :c], view.key_scales.view(torch.int16)[:, :, :c])
+    k2, _ = again.update(k[:, :, 69:70], v[:, :, 69:70], 0)
+    torch.testing.assert_close(k2[:, :, : seq - 1], keys[:, :, : seq - 1], rtol=0, atol=0, equal_nan=True)

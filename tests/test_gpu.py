@@ -421,6 +421,7 @@ def test_packed_kv_from_the_cache_layer_view():
         window_keys=v.raw_k[:, :, 2:],
         window_values=v.raw_v[:, :, 2:],
         lengths=v.lengths,
+        key_means=torch.zeros(v.raw_k.shape[0], v.raw_k.shape[1], 16, dtype=v.raw_k.dtype),
         key_bits=3,
         value_bits=2,
         seed=11,
@@ -429,6 +430,7 @@ def test_packed_kv_from_the_cache_layer_view():
         seq_length=9,
     )
     p = attention.PackedKV.from_layer_view(layer)
+    assert p.k_means is layer.key_means and p.centred_keys() is None
     p.validate()
     assert (
         torch.equal(p.raw_k, v.raw_k) and torch.equal(p.raw_v, v.raw_v) and p.raw_k.is_contiguous()

@@ -18,7 +18,10 @@ Protocol (``design.md``, Evaluation), on one model, all figures measured in one 
   several lengths, asked for at the end through the chat template, answer prefix
   "The pass key is", greedy decoding of 8 tokens; a prompt passes when the number appears.
 * **Decode speed.** Single-token forwards per second at ``context`` tokens of context, for the
-  exact cache and compressed ones, in the same process, timed in alternating turns.
+  exact cache and compressed ones, in the same process, timed in alternating turns. Each
+  compressed cache runs twice: decoding every layer for the model's own attention (SDPA), and
+  ``fused`` (the model's attention switched to nexusquant's for its turns: attention read straight
+  from the codes, ``nexusquant.cache.attention_cpu``).
 
 Settings ``KxVy`` run twice: with ``sink_tokens=0, window=0, block=1`` (every token coded as it
 arrives: the target protocol) and with the cache's defaults (4 sinks, window 128, block 64).
@@ -44,7 +47,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -96,6 +99,9 @@ class CacheSpec:
         sink_tokens, window, block: nexusquant exact tokens and block size.
         nbits: quanto bits (2 or 4).
         seed: rotation seed of the codec (nexusquant and rtn).
+        fused: nexusquant only: decode steps run with the model's attention switched to
+            nexusquant's (the cache hands its packed layers over and attention reads the codes,
+            ``nexusquant.cache.attention_cpu``) instead of decoding every layer for SDPA.
     """
 
     name: str
@@ -107,6 +113,7 @@ class CacheSpec:
     block: int = 1
     nbits: int = 0
     seed: int = 0
+    fused: bool = False
 
     def fill(self, model: Any, prefilled: Any) -> Any:
         """A new cache of this kind holding the tokens of the exact ``prefilled`` DynamicCache,
@@ -121,6 +128,7 @@ class CacheSpec:
             return compress_kv_cache(
                 prefilled, self.key_bits, self.value_bits, config=model.config,
                 sink_tokens=self.sink_tokens, window=self.window, block=self.block, seed=self.seed,
+                attention="auto" if self.fused else "dequantize",
             )
         if self.kind in ("quanto", "rtn"):
             if self.kind == "quanto":
@@ -488,6 +496,8 @@ def decode_speed(
     The caches are timed in turns, :data:`SPEED_ROUNDS` rounds of ``SPEED_STEPS / SPEED_ROUNDS``
     steps each (the order rotating every round), so that a slow spell of a shared machine falls
     on all of them instead of on whichever ran then; each cache continues its own sequence."""
+    from ..gpu.attention import register_attention  # noqa: PLC0415 - imports no CuPy
+
     rounds = max(1, min(SPEED_ROUNDS, SPEED_STEPS))
     per_round = max(1, SPEED_STEPS // rounds)
     ids = token_ids[:context + 2 + rounds * per_round].unsqueeze(0).to(model.device)
@@ -495,21 +505,29 @@ def decode_speed(
     every = [CacheSpec("exact", "exact"), *specs]
     caches = {spec.name: spec.fill(model, prefilled) for spec in every}
     del prefilled
+    plain = model.config._attn_implementation
+    fused = register_attention()
 
-    def steps(name: str, start: int, count: int) -> None:
+    def steps(spec: CacheSpec, start: int, count: int) -> None:
         for t in range(start, start + count):
-            model(input_ids=ids[:, t:t + 1], logits_to_keep=1, **_cache_kwargs(model, caches[name]))
+            model(input_ids=ids[:, t:t + 1], logits_to_keep=1, **_cache_kwargs(model, caches[spec.name]))
 
-    for spec in every:
-        steps(spec.name, context, 2)  # warm-up
-    spent = dict.fromkeys(caches, 0.0)
-    for r in range(rounds):
-        start = context + 2 + r * per_round
-        for k in range(len(every)):
-            name = every[(r + k) % len(every)].name
-            began = time.perf_counter()
-            steps(name, start, per_round)
-            spent[name] += time.perf_counter() - began
+    try:
+        for spec in every:
+            # Fused caches run with nexusquant's attention, every other cache with the model's own.
+            model.set_attn_implementation(fused if spec.fused else plain)
+            steps(spec, context, 2)  # warm-up
+        spent = dict.fromkeys(caches, 0.0)
+        for r in range(rounds):
+            start = context + 2 + r * per_round
+            for k in range(len(every)):
+                spec = every[(r + k) % len(every)]
+                model.set_attn_implementation(fused if spec.fused else plain)
+                began = time.perf_counter()
+                steps(spec, start, per_round)
+                spent[spec.name] += time.perf_counter() - began
+    finally:
+        model.set_attn_implementation(plain)
     return {name: rounds * per_round / spent[name] for name in caches}
 
 
@@ -606,6 +624,8 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
         log("decode speed")
         speed_specs = [s for s in specs if s.seed == cfg.seeds[0]
                        and _SEED_TAG.sub("", s.name) in cfg.speed_settings]
+        speed_specs += [replace(s, name=f"{s.name} fused", fused=True)
+                        for s in speed_specs if s.kind == "nexusquant"]
         result["speed"] = {"context": cfg.context,
                            "tokens_per_s": decode_speed(model, token_ids, speed_specs, context=cfg.context)}
     result["seconds"] = time.perf_counter() - started

@@ -51,6 +51,9 @@ class PackedKV:
         lengths: ``(B, 3)`` int32 (any device): sink, coded and window tokens per row; None
             when every slot holds a token.
         seq_length: the length the rows are right-aligned to; None: ``Tr + Tc`` (full rows).
+        k_means: ``(B, Hkv, d)`` raw dtype, the rows' key centres, or None. A key whose scale has
+            its sign bit set is ``decode(code, |scale|) + k_means[b, h]`` (the cache's centred
+            keys, ``nexusquant.cache.layer``); without k_means no key is centred.
     """
 
     k_codes: torch.Tensor
@@ -66,6 +69,7 @@ class PackedKV:
     sink_slots: int = 0
     lengths: torch.Tensor | None = None
     seq_length: int | None = None
+    k_means: torch.Tensor | None = None
 
     @classmethod
     def from_layer_view(cls, view: Any) -> PackedKV:
@@ -90,6 +94,7 @@ class PackedKV:
             sink_slots=int(view.sink_keys.shape[2]),
             lengths=view.lengths,
             seq_length=int(view.seq_length),
+            k_means=view.key_means,
         )
 
     @property
@@ -146,6 +151,21 @@ class PackedKV:
             )
         if not 0 <= self.sink_slots <= tr:
             raise ShapeError(f"PackedKV.sink_slots must be in [0, {tr}], got {self.sink_slots}")
+        if self.k_means is not None and (
+            tuple(self.k_means.shape) != (b, hkv, d) or self.k_means.device != self.raw_k.device
+        ):
+            raise ShapeError(
+                f"PackedKV.k_means must be a ({b}, {hkv}, {d}) tensor on {self.raw_k.device}, got "
+                f"{tuple(self.k_means.shape)} on {self.k_means.device}"
+            )
+
+    def centred_keys(self) -> torch.Tensor | None:
+        """``(B, Hkv, Tc)`` bool: which code slots hold a centred key; None when none does."""
+        if self.k_means is None:
+            return None
+        from ..cache.layer import centred_flags  # noqa: PLC0415 - the cache imports this module
+
+        return centred_flags(self.k_scales)
 
     def counts(self) -> torch.Tensor:
         """``(B, 3)`` int64 on raw_k's device: sink, coded and window tokens per row."""
@@ -182,10 +202,16 @@ class PackedKV:
         d, dtype, big_l, ss = self.head_dim, self.raw_k.dtype, self.length, self.sink_slots
         rows = self.counts().tolist()
 
-        def full(codes, scales, bits, seed, raw):
+        centred = self.centred_keys()
+
+        def full(codes, scales, bits, seed, raw, keys=False):
+            if keys and centred is not None:
+                scales = scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
             coded = decode(
                 codes, scales, bits=bits, seed=seed, head_dim=d, dtype=dtype, backend=backend
             )
+            if keys and centred is not None:
+                coded.addcmul_(centred.unsqueeze(-1).to(dtype), self.k_means.unsqueeze(2))
             out = raw.new_zeros(raw.shape[0], raw.shape[1], big_l, d)
             for r, (s, c, w) in enumerate(rows):
                 out[r, :, big_l - s - c - w :] = torch.cat(
@@ -194,7 +220,7 @@ class PackedKV:
             return out
 
         return (
-            full(self.k_codes, self.k_scales, self.k_bits, self.k_seed, self.raw_k),
+            full(self.k_codes, self.k_scales, self.k_bits, self.k_seed, self.raw_k, keys=True),
             full(self.v_codes, self.v_scales, self.v_bits, self.v_seed, self.raw_v),
         )
 
@@ -407,9 +433,11 @@ def nexusquant_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function (``query`` (B, Hq, q_len, d) -> (B, q_len, Hq, d)).
 
-    Without a PackedKV on ``key`` it is SDPA. With one: the fused kernel for a single CUDA query
-    token (no dropout, softcap, position bias or attention sinks; a mask that maps onto the
-    segments), otherwise SDPA on :meth:`PackedKV.dequantize`.
+    Without a PackedKV on ``key`` it is SDPA. With one, for a single query token (no dropout,
+    softcap, position bias or attention sinks; a mask that maps onto the segments): on the CPU,
+    :func:`nexusquant.cache.attention_cpu.cpu_decode_attention` (scores and value sums straight
+    from the codes); on CUDA the fused kernels, unless the layer holds centred keys, which they
+    do not read yet. Otherwise SDPA on :meth:`PackedKV.dequantize`.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: PLC0415
 
@@ -421,14 +449,20 @@ def nexusquant_attention(
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     plain = (
         query.shape[2] == 1
-        and query.is_cuda
         and dropout == 0.0
         and kwargs.get("softcap") is None
         and kwargs.get("position_bias") is None
         and kwargs.get("s_aux") is None
     )
     masks = segment_masks(view, attention_mask) if plain else None
-    if masks is not None:
+    if masks is not None and query.device.type == "cpu":
+        from ..cache.attention_cpu import cpu_decode_attention  # noqa: PLC0415 - cache imports gpu
+
+        out = cpu_decode_attention(
+            query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1]
+        )
+        return out.unsqueeze(1), None
+    if masks is not None and query.is_cuda and view.centred_keys() is None:
         out = fused_decode_attention(
             query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1]
         )

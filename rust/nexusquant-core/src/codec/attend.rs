@@ -98,6 +98,10 @@ pub(crate) fn scores_rows<S: Simd>(
     let g = rq.len() / d;
     let mut lanes = Lanes::new(cb);
     let mut acc = vec![S::F::splat(0.0); g];
+    // The queries coordinate-major, each value in every lane: ql[i·g + j] = rq[j·d + i].
+    let ql: Vec<S::F> = (0..d * g)
+        .map(|e| S::F::splat(rq[(e % g) * d + e / g]))
+        .collect();
     for ((cg, sg), og) in codes
         .chunks(L * cb)
         .zip(scales.chunks(L))
@@ -109,8 +113,9 @@ pub(crate) fn scores_rows<S: Simd>(
             let p = lanes.block::<S>(j, b);
             for (k, pk) in p.iter().enumerate() {
                 let pf = pk.to_f32();
-                for (a, q) in acc.iter_mut().zip(rq[8 * j + k..].iter().step_by(d)) {
-                    *a = *a + pf * S::F::splat(*q);
+                let i = 8 * j + k;
+                for (a, q) in acc.iter_mut().zip(&ql[i * g..(i + 1) * g]) {
+                    *a = *a + pf * *q;
                 }
             }
         }
