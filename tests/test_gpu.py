@@ -180,6 +180,24 @@ def test_fused_attention_within_twice_the_same_dtype_error(case):
     assert err <= 2 * err_base + floor, f"error {err:.3g} vs same-dtype SDPA {err_base:.3g}"
 
 
+@on_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fused_attention_with_centred_keys(dtype):
+    """Centred keys (sign bit of the scale, the row's centre in k_means) on the device: the
+    kernel's q·centre term against the float64 reference (tests/test_cuda_host.py on the CPU)."""
+    gen = torch.Generator().manual_seed(33)
+    b, hq, hkv, d, tc, tr = 2, 8, 2, 128, 900, 20
+    view = make_view(b, hkv, d, tc, tr, 3, 2, dtype, 4, gen, lengths=True)
+    view.k_scales.view(torch.int16)[torch.rand(b, hkv, tc, generator=gen) > 0.3] |= -0x8000
+    view = dataclasses.replace(view, k_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype))
+    query = torch.randn(b, hq, d, generator=gen).to(dtype)
+    ref, _, values, _ = reference_attention(query, view, d**-0.5)
+    out = gpu.fused_decode_attention(query.cuda(), to_device(view, "cuda"), d**-0.5)
+    rounding = (ref.to(dtype).double() - ref).abs().amax()
+    floor = 4 * torch.finfo(torch.float32).eps * values.abs().amax()
+    assert (out.double().cpu() - ref).abs().amax() <= 2 * rounding + floor
+
+
 class _Attn(torch.nn.Module):
     """What transformers' attention functions read from the calling module."""
 

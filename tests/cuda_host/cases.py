@@ -104,9 +104,13 @@ def reference_attention(query, view, scaling, coded_mask=None, raw_mask=None):
         )
         return flat.reshape(b, hkv, tc, d).double()
 
-    keys = torch.cat(
-        (dequant(view.k_codes, view.k_scales, view.k_bits, view.k_seed), view.raw_k.double()), 2
-    )
+    k_scales, centred = view.k_scales, view.centred_keys()
+    if centred is not None:  # centred keys: |scale|, then the row's centre added back
+        k_scales = k_scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+    coded_keys = dequant(view.k_codes, k_scales, view.k_bits, view.k_seed)
+    if centred is not None:
+        coded_keys = coded_keys + centred[..., None].double() * view.k_means.double()[:, :, None]
+    keys = torch.cat((coded_keys, view.raw_k.double()), 2)
     vals = torch.cat(
         (dequant(view.v_codes, view.v_scales, view.v_bits, view.v_seed), view.raw_v.double()), 2
     )

@@ -302,6 +302,7 @@ def attention_args(
         "raw_k": view.raw_k,
         "raw_v": view.raw_v,
         "raw_mask": _as_mask(raw_mask, (b, tr), "raw_mask", device),
+        "k_bias": _key_bias(query, view, float(scaling) * LOG2E),
         "part_o": part_o,
         "part_ml": part_ml,
         "hq": hq,
@@ -329,6 +330,16 @@ def attention_args(
         "v_seed": view.v_seed,
     }
     return AttentionLaunch(plan, partial, combine, out)
+
+
+def _key_bias(query: torch.Tensor, view: PackedKV, qscale: float) -> torch.Tensor | None:
+    """``(B, Hq)`` float32 ``qscale · (q · centre)`` of each query head's KV head, when the
+    layer holds centred keys (None otherwise)."""
+    if view.centred_keys() is None:
+        return None
+    b, hq, d = query.shape
+    means = view.k_means.float().repeat_interleave(hq // view.raw_k.shape[1], dim=1)
+    return ((query.float() * means).sum(-1) * qscale).contiguous()
 
 
 def fused_decode_attention(
@@ -436,8 +447,7 @@ def nexusquant_attention(
     Without a PackedKV on ``key`` it is SDPA. With one, for a single query token (no dropout,
     softcap, position bias or attention sinks; a mask that maps onto the segments): on the CPU,
     :func:`nexusquant.cache.attention_cpu.cpu_decode_attention` (scores and value sums straight
-    from the codes); on CUDA the fused kernels, unless the layer holds centred keys, which they
-    do not read yet. Otherwise SDPA on :meth:`PackedKV.dequantize`.
+    from the codes); on CUDA the fused kernels. Otherwise SDPA on :meth:`PackedKV.dequantize`.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: PLC0415
 
@@ -462,7 +472,7 @@ def nexusquant_attention(
             query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1]
         )
         return out.unsqueeze(1), None
-    if masks is not None and query.is_cuda and view.centred_keys() is None:
+    if masks is not None and query.is_cuda:
         out = fused_decode_attention(
             query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1]
         )

@@ -132,6 +132,14 @@ KERNELS: dict[str, Kernel] = {
             Arg("raw_k", "const T*", "T", doc="(B, Hkv, Tr, d): sink slots, then window slots"),
             Arg("raw_v", "const T*", "T", doc="(B, Hkv, Tr, d)"),
             Arg("raw_mask", "const u8*", "uint8", True, "(B, Tr) 0 = masked"),
+            Arg(
+                "k_bias",
+                "const f32*",
+                "float32",
+                True,
+                "(B, Hq) scaling·log2(e)·(q·centre) added to centred keys' scores (sign bit of "
+                "their scale); None: no key is centred",
+            ),
             Arg("part_o", "f32*", "float32", doc="(B, Hq, splits, d) unnormalised outputs"),
             Arg("part_ml", "f32*", "float32", doc="(B, Hq, splits, 2) log2 max and sum"),
             Arg("hq", "i32"),
