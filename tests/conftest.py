@@ -241,10 +241,11 @@ def tiny_gemma2():
     return make_tiny_gemma2
 
 
-def centred_keys(k: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The cache's key centring, written out: the centre is the mean of a row's first coded keys
-    ``first`` (per head, in the model dtype); a key is coded as ``k - centre`` when that is
-    shorter than ``k``. Returns (what is coded, which keys are centred, the centre)."""
+def centred(k: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cache's centring of keys (and values), written out: the centre is the mean of a row's
+    first coded vectors ``first`` (per head, in the model dtype); a vector is coded as
+    ``k - centre`` when that is shorter than ``k``. Returns (what is coded, which vectors are
+    centred, the centre)."""
     centre = first.float().mean(2, keepdim=True).to(k.dtype)
     kf = k.float()
     shifted = kf - centre.float()

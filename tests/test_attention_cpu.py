@@ -53,18 +53,19 @@ def test_matches_attention_on_dequantised_kv(b, hkv, hq, d, tc, tr, bits, dtype,
     assert (got[-1] == 0).all()
 
 
-def test_centred_keys_of_a_cache_layer():
-    """A real layer whose keys share a large component: the centred keys' centre enters the
-    scores (q·centre), exactly as in the dequantised keys."""
+def test_centred_keys_and_values_of_a_cache_layer():
+    """A real layer whose keys and values share a large component: the key centre enters the
+    scores (q·centre), the value centre the sums, exactly as in the dequantised K/V."""
     cfg = make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1)
     gen = torch.Generator().manual_seed(4)
     k = torch.randn(2, 2, 150, 64, generator=gen) + torch.linspace(-2, 2, 64)
-    v = torch.randn(2, 2, 150, 64, generator=gen)
+    v = torch.randn(2, 2, 150, 64, generator=gen) + torch.linspace(1, -1, 64)
     cache = NexusQuantCache(cfg, 3, 2, sink_tokens=4, window=16, block=16)
     cache.update(k[:1].expand(2, -1, -1, -1).contiguous(), v[:1].expand(2, -1, -1, -1).contiguous(), 0)
     view = PackedKV.from_layer_view(cache.layers[0].packed_view())
     centred = view.centred_keys()
     assert centred is not None and centred[:, :, : int(view.lengths[0, 1])].float().mean() > 0.9
+    assert view.centred_values() is not None
     query = torch.randn(2, 6, 64, generator=gen)
     got = cpu_decode_attention(query, view, 0.125)
     keys, values = view.dequantize()  # (B, Hkv, L, d) in sequence order, centres added back
@@ -73,9 +74,10 @@ def test_centred_keys_of_a_cache_layer():
     p = torch.softmax(torch.einsum("bhd,bhtd->bht", query.double(), keys) * 0.125, -1)
     want = torch.einsum("bht,bhtd->bhd", p, values)
     _close(got, want, torch.float32)
-    # Without the centre in the scores the result is visibly different: the test can fail.
-    stripped = PackedKV(**{**view.__dict__, "k_means": torch.zeros_like(view.k_means)})
-    assert (cpu_decode_attention(query, stripped, 0.125) - want).abs().max() > 1e-3
+    # Without either centre the result is visibly different: the test can fail.
+    for name in ("k_means", "v_means"):
+        stripped = PackedKV(**{**view.__dict__, name: torch.zeros_like(getattr(view, name))})
+        assert (cpu_decode_attention(query, stripped, 0.125) - want).abs().max() > 1e-3
 
 
 def test_nan_and_errors():

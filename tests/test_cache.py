@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import centred_keys, left_pad, make_tiny_gemma2, make_tiny_llama, random_prompt
+from conftest import centred, left_pad, make_tiny_gemma2, make_tiny_llama, random_prompt
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
@@ -190,11 +190,9 @@ def test_row_differences_come_only_from_float_noise_upstream():
                 x_alone = getattr(alone_inputs.layers[i], f"window_{kind}s")[0, :, :n]
                 c_batch = getattr(batch_codes.layers[i], f"{kind}_codes")[r, :, :n]
                 c_alone = getattr(alone_codes.layers[i], f"{kind}_codes")[0, :, :n]
-                if kind == "key":  # keys are coded relative to the row's centre (test_cache_layer)
-                    x_batch_coded = centred_keys(x_batch[None], x_batch[None])[0][0]
-                    x_alone_coded = centred_keys(x_alone[None], x_alone[None])[0][0]
-                else:
-                    x_batch_coded, x_alone_coded = x_batch, x_alone
+                # Coded relative to the row's centres (test_cache_layer).
+                x_batch_coded = centred(x_batch[None], x_batch[None])[0][0]
+                x_alone_coded = centred(x_alone[None], x_alone[None])[0][0]
                 assert torch.equal(c_batch, codec.encode(x_batch_coded, bits, 0, backend=cache_layer.CODEC_BACKEND)[0])
                 assert torch.equal(c_alone, codec.encode(x_alone_coded, bits, 0, backend=cache_layer.CODEC_BACKEND)[0])
                 same_input = (x_batch == x_alone).all(dim=-1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import centred_keys, left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llama_config, random_prompt
+from conftest import centred, left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llama_config, random_prompt
 from transformers import DynamicCache
 
 from nexusquant import NexusQuantCache, codec, compress_kv_cache
@@ -31,27 +31,23 @@ def roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
                         backend=cache_layer.CODEC_BACKEND)
 
 
-def unbiased_roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """What the cache decodes for values coded with fewer bits than the keys: the codec's codes
-    with each scale multiplied by |x|² / <x, x̂> (x̂ the codec's round trip), rounded to fp16."""
-    c, s = codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND)
-    first = codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=torch.float32,
-                         backend=cache_layer.CODEC_BACKEND)
-    xf = x.float()
-    factor = (xf * xf).sum(-1) / (xf * first).sum(-1)
-    s = (s.float() * factor).to(torch.float16)
-    return codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=x.dtype,
-                        backend=cache_layer.CODEC_BACKEND)
-
-
-def key_roundtrip(k: torch.Tensor, bits: int, first: torch.Tensor) -> torch.Tensor:
-    """What the cache decodes for keys ``k`` of rows whose first coded keys were ``first``: the
-    round trip of what is coded, plus the centre where the key was centred."""
-    coded, use, centre = centred_keys(k, first)
+def centred_roundtrip(x: torch.Tensor, bits: int, first: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
+    """What the cache decodes for keys or values ``x`` of rows whose first coded vectors were
+    ``first``: the codec's round trip of what is coded (``x`` or ``x - centre``, see
+    ``conftest.centred``), plus the centre where it was centred. ``unbiased`` (values coded with
+    fewer bits than the keys): each scale multiplied by |r|² / <r, r̂> for the coded vector r
+    (r̂ its codec round trip), rounded to fp16."""
+    coded, use, centre = centred(x, first)
     c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND)
-    out = codec.decode(c, s, bits=bits, seed=0, head_dim=k.shape[-1], dtype=k.dtype,
+    if unbiased:
+        once = codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=torch.float32,
+                            backend=cache_layer.CODEC_BACKEND)
+        factor = (coded * coded).sum(-1) / (coded * once).sum(-1)
+        s = (s.float() * factor).to(torch.float16)
+    out = codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=torch.float32,
                        backend=cache_layer.CODEC_BACKEND)
-    return out.addcmul(use[..., None].to(k.dtype), centre)
+    # The centre is added in float32, then the vector is rounded to the model dtype once.
+    return torch.where(use[..., None], out + centre.float(), out).to(x.dtype)
 
 
 def states(batch: int, heads: int, length: int, d: int, seed: int, dtype=torch.float32):
@@ -129,9 +125,9 @@ def test_attention_sees_exact_sinks_window_and_new_tokens_and_decoded_codes():
     assert cache.layers[0].packed_view().lengths.tolist() == [[2, 12, 6]]
     keys, values = cache.update(k[:, :, 20:], v[:, :, 20:], 0)
     assert torch.equal(keys[:, :, :2], k[:, :, :2])
-    assert torch.equal(keys[:, :, 2:14], key_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14]))
+    assert torch.equal(keys[:, :, 2:14], centred_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14]))
     # K4V3: values carry the unbiased scale (see test_values_get_the_unbiased_scale...).
-    assert torch.equal(values[:, :, 2:14], unbiased_roundtrip(v[:, :, 2:14], 3))
+    assert torch.equal(values[:, :, 2:14], centred_roundtrip(v[:, :, 2:14], 3, v[:, :, 2:14], unbiased=True))
     assert torch.equal(keys[:, :, 14:], k[:, :, 14:]) and torch.equal(values[:, :, 14:], v[:, :, 14:])
 
 
@@ -149,8 +145,8 @@ def test_codes_are_written_once_from_the_exact_tokens():
         assert s == 1 and 3 <= w < 5 and c % 2 == 0
         codes = view.key_codes[:, :, :c].clone()
         # The first coded block (tokens 1, 2) fixed the centre.
-        assert torch.equal(codes, encode(centred_keys(k[:, :, 1:1 + c], k[:, :, 1:3])[0], 3))
-        assert torch.equal(view.value_codes[:, :, :c], encode(v[:, :, 1:1 + c], 2))
+        assert torch.equal(codes, encode(centred(k[:, :, 1:1 + c], k[:, :, 1:3])[0], 3))
+        assert torch.equal(view.value_codes[:, :, :c], encode(centred(v[:, :, 1:1 + c], v[:, :, 1:3])[0], 2))
         if previous is not None:
             assert torch.equal(codes[:, :, : previous.shape[2]], previous)
         previous = codes
@@ -163,7 +159,7 @@ def test_block_one_window_zero_codes_every_token_on_arrival():
     cache.update(k[:, :, :5], v[:, :, :5], 0)
     assert cache.layers[0].packed_view().lengths.tolist() == [[0, 5, 0]] * 2
     keys, _ = cache.update(k[:, :, 5:], v[:, :, 5:], 0)
-    assert torch.equal(keys[:, :, :5], key_roundtrip(k[:, :, :5], 2, k[:, :, :5]))
+    assert torch.equal(keys[:, :, :5], centred_roundtrip(k[:, :, :5], 2, k[:, :, :5]))
     assert cache.memory_report().allocated["window"] == 0
     assert cache.memory_report().allocated["sinks"] == 0
 
@@ -460,19 +456,22 @@ def test_values_get_the_unbiased_scale_when_keys_have_more_bits(key_bits, value_
     v[1, 1, 5] = 0.0  # a zero vector keeps its zero scale
     cache.update(k, v, 0)
     view = cache.layers[0].packed_view()
-    ref_codes, ref_scales = codec.encode(v, value_bits, 0, backend=cache_layer.CODEC_BACKEND)
+    finite = torch.isfinite(v).all(-1, keepdim=True)  # the centre: mean of the finite vectors
+    r, _, _ = centred(v, torch.where(finite, v, 0).sum(2, keepdim=True) / finite.sum(2, keepdim=True))
+    ref_codes, ref_scales = codec.encode(r, value_bits, 0, backend=cache_layer.CODEC_BACKEND)
     assert torch.equal(view.value_codes[:, :, :50], ref_codes)  # the codes are the codec's
-    assert torch.equal(view.key_scales[:, :, :50].abs(), codec.encode(centred_keys(k, k)[0], key_bits, 0)[1])
-    decoded = codec.decode(view.value_codes[:, :, :50], view.value_scales[:, :, :50], bits=value_bits,
+    assert torch.equal(view.key_scales[:, :, :50].abs(), codec.encode(centred(k, k)[0], key_bits, 0)[1])
+    scales = view.value_scales[:, :, :50].abs()
+    decoded = codec.decode(view.value_codes[:, :, :50], scales, bits=value_bits,
                            seed=0, head_dim=64, dtype=torch.float32, backend=cache_layer.CODEC_BACKEND)
     assert torch.isnan(view.value_scales[0, 0, 3]) and view.value_scales[1, 1, 5] == 0
     ok = torch.ones(2, 2, 50, dtype=torch.bool)
     ok[0, 0, 3] = ok[1, 1, 5] = False
-    along = ((decoded * v).sum(-1) / (v * v).sum(-1))[ok]  # <v̂, v> / |v|²
+    along = ((decoded * r).sum(-1) / (r * r).sum(-1))[ok]  # <r̂, r> / |r|² of the coded vectors
     if value_bits < key_bits:
         torch.testing.assert_close(along, torch.ones_like(along), rtol=0, atol=2e-3)
     else:
-        torch.testing.assert_close(view.value_scales[:, :, :50], ref_scales, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(scales, ref_scales.abs(), rtol=0, atol=0, equal_nan=True)
         assert along.mean() < 1 - 0.5 / 10 ** (6.02 * value_bits / 10)  # LS shrinks by ~1/SQNR
 
 

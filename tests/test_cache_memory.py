@@ -52,19 +52,21 @@ def test_k3v2_ratio_matches_the_bit_rate(head_dim):
     tokens = 2 * 2 * 2 * 200  # layers x batch x heads x tokens, per K and V
     assert report.allocated["codes"] == tokens * head_dim * (3 + 2) // 8
     assert report.allocated["scales"] == tokens * 2 * 2
-    # lengths: layers x (B, 3) int32; key centres: layers x (B, H, d) in the model dtype (float32)
-    assert report.allocated["bookkeeping"] == 2 * 2 * 3 * 4 + 2 * 2 * 2 * head_dim * 4
+    # lengths: layers x (B, 3) int32; key and value centres: layers x 2 x (B, H, d) in the model
+    # dtype (float32)
+    assert report.allocated["bookkeeping"] == 2 * 2 * 3 * 4 + 2 * 2 * 2 * 2 * head_dim * 4
     assert report.used == report.allocated
     assert report.fp16_baseline_bytes == tokens * 2 * head_dim * 2
     assert report.baseline_bytes == 2 * report.fp16_baseline_bytes  # float32 model
     nominal = 16 / (2.5 + 16 / head_dim)
     coded = report.allocated["codes"] + report.allocated["scales"]
     assert report.fp16_baseline_bytes / coded == pytest.approx(nominal, rel=1e-12)
-    # The bookkeeping (one key centre per row, head and layer) costs what about 11 (d=64) or
-    # 6 (d=128) more tokens would: at 200 tokens the ratio is 3 % (1.5 %) below the bit rate.
+    # The bookkeeping (a key and a value centre per row, head and layer) costs what about 22
+    # (d=64) or 12 (d=128) more tokens would: at 200 tokens the ratio is 6 % (3 %) below the
+    # bit rate, at 2k tokens 0.6 % (0.3 %).
     with_centres = report.fp16_baseline_bytes / (coded + report.allocated["bookkeeping"])
     assert report.fp16_ratio == pytest.approx(with_centres, rel=2e-3)
-    assert nominal * 0.96 < report.fp16_ratio < nominal
+    assert nominal * 0.92 < report.fp16_ratio < nominal
     assert report.ratio == pytest.approx(2 * report.fp16_ratio)
 
 

@@ -93,3 +93,26 @@ def test_core_refuses_overlapping_groups() -> None:
                             np.lib.stride_tricks.as_strided(codes, shape=(3, 4, 24), strides=(24, 24, 1),
                                                             writeable=True),
                             scales, bits=3, seed=0, dtype="float32")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_centred_rows_get_their_group_centre(dtype) -> None:
+    """With centres, a scale's sign bit marks a row coded relative to its group's centre: it
+    decodes with |scale| plus the centre (float32, then rounded), the same in the core and the
+    reference; unmarked rows decode bit for bit as without centres."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 30, 64, generator=gen)
+    codes, scales = codec.encode(x, 3, 9)
+    flags = torch.rand(4, 30, generator=gen) > 0.5
+    flagged = (scales.view(torch.int16) | (flags.to(torch.int16) * -0x8000)).view(torch.float16)
+    centres = torch.randn(4, 64, generator=gen) * 4
+    got = torch.empty(4, 30, 64, dtype=dtype)
+    codec.decode_groups(codes, flagged, got, bits=3, seed=9, centres=centres)
+    ref = torch.empty(4, 30, 64, dtype=dtype)
+    codec.decode_groups(codes, flagged, ref, bits=3, seed=9, centres=centres, backend="reference")
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    plain = codec.decode(codes, scales, bits=3, seed=9, head_dim=64, dtype=torch.float32)
+    want = torch.where(flags[..., None], plain + centres[:, None], plain).to(dtype)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ShapeError, match="centres"):
+        codec.decode_groups(codes, flagged, got, bits=3, seed=9, centres=centres[:, :32])

@@ -295,23 +295,30 @@ def test_attention_row_without_tokens_is_zero(host):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_attention_with_centred_keys(host, dtype):
+def test_attention_with_centred_keys_and_values(host, dtype):
     """Keys flagged as centred (sign bit of the scale) score with |scale| plus q·centre (the
-    k_bias argument); unflagged keys and raw tokens are unchanged."""
+    k_bias argument), flagged values add their centre (v_centre, rotated); unflagged vectors and
+    raw tokens are unchanged."""
     gen = torch.Generator().manual_seed(21)
     b, hq, hkv, d, tc, tr = 2, 6, 2, 64, 300, 12
     view = make_view(b, hkv, d, tc, tr, 3, 2, dtype, 4, gen, lengths=True)
     flags = torch.rand(b, hkv, tc, generator=gen) > 0.3
     bits = view.k_scales.view(torch.int16)
     bits[flags] |= -0x8000
-    view = dataclasses.replace(view, k_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype))
-    assert view.centred_keys() is not None
+    view.v_scales.view(torch.int16)[torch.rand(b, hkv, tc, generator=gen) > 0.4] |= -0x8000
+    view = dataclasses.replace(
+        view,
+        k_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype),
+        v_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype),
+    )
+    assert view.centred_keys() is not None and view.centred_values() is not None
     query = torch.randn(b, hq, d, generator=gen).to(dtype)
     out, _ = host_attention(host, query, view, d**-0.5, 4)
     ref, _, vals, _ = reference_attention(query, view, d**-0.5)
     rounding = (ref.to(dtype).double() - ref).abs().amax()
     tol = 2 * rounding + 4 * torch.finfo(torch.float32).eps * vals.abs().amax()
     assert (out.double() - ref).abs().amax() <= tol
-    # The centre matters: without it the reference is far from the kernel's output.
-    plain = dataclasses.replace(view, k_means=torch.zeros_like(view.k_means))
-    assert (reference_attention(query, plain, d**-0.5)[0] - ref).abs().amax() > 10 * tol
+    # The centres matter: without either the reference is far from the kernel's output.
+    for name in ("k_means", "v_means"):
+        plain = dataclasses.replace(view, **{name: torch.zeros_like(getattr(view, name))})
+        assert (reference_attention(query, plain, d**-0.5)[0] - ref).abs().amax() > 10 * tol

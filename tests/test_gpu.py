@@ -182,14 +182,19 @@ def test_fused_attention_within_twice_the_same_dtype_error(case):
 
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_fused_attention_with_centred_keys(dtype):
-    """Centred keys (sign bit of the scale, the row's centre in k_means) on the device: the
-    kernel's q·centre term against the float64 reference (tests/test_cuda_host.py on the CPU)."""
+def test_fused_attention_with_centred_keys_and_values(dtype):
+    """Centred keys and values (sign bit of the scale, the row's centres in k_means / v_means) on
+    the device against the float64 reference (tests/test_cuda_host.py on the CPU)."""
     gen = torch.Generator().manual_seed(33)
     b, hq, hkv, d, tc, tr = 2, 8, 2, 128, 900, 20
     view = make_view(b, hkv, d, tc, tr, 3, 2, dtype, 4, gen, lengths=True)
     view.k_scales.view(torch.int16)[torch.rand(b, hkv, tc, generator=gen) > 0.3] |= -0x8000
-    view = dataclasses.replace(view, k_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype))
+    view.v_scales.view(torch.int16)[torch.rand(b, hkv, tc, generator=gen) > 0.4] |= -0x8000
+    view = dataclasses.replace(
+        view,
+        k_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype),
+        v_means=(torch.randn(b, hkv, d, generator=gen) * 0.5).to(dtype),
+    )
     query = torch.randn(b, hq, d, generator=gen).to(dtype)
     ref, _, values, _ = reference_attention(query, view, d**-0.5)
     out = gpu.fused_decode_attention(query.cuda(), to_device(view, "cuda"), d**-0.5)
@@ -440,6 +445,7 @@ def test_packed_kv_from_the_cache_layer_view():
         window_values=v.raw_v[:, :, 2:],
         lengths=v.lengths,
         key_means=torch.zeros(v.raw_k.shape[0], v.raw_k.shape[1], 16, dtype=v.raw_k.dtype),
+        value_means=torch.zeros(v.raw_k.shape[0], v.raw_k.shape[1], 16, dtype=v.raw_k.dtype),
         key_bits=3,
         value_bits=2,
         seed=11,
@@ -449,6 +455,7 @@ def test_packed_kv_from_the_cache_layer_view():
     )
     p = attention.PackedKV.from_layer_view(layer)
     assert p.k_means is layer.key_means and p.centred_keys() is None
+    assert p.v_means is layer.value_means and p.centred_values() is None
     p.validate()
     assert (
         torch.equal(p.raw_k, v.raw_k) and torch.equal(p.raw_v, v.raw_v) and p.raw_k.is_contiguous()

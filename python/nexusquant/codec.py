@@ -398,6 +398,7 @@ def decode_groups(
     seed: int,
     threads: int | None = None,
     backend: Backend | None = None,
+    centres: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode ``G`` groups of head-vectors straight into slices of a larger tensor.
 
@@ -412,6 +413,11 @@ def decode_groups(
         codes, scales: as above (uint8, float16).
         out: as above, float16 | bfloat16 | float32 (the output dtype), on ``codes``' device.
         bits, seed: the parameters used to encode; ``head_dim`` is ``out.shape[-1]``.
+        centres: optional ``(G, head_dim)`` float32: rows coded relative to their group's
+            centre (a KV cache's centred keys) are marked by the sign bit of their scale, which
+            the encoder never sets; such a row decodes with the absolute scale and then gets
+            the centre added (in float32, before the rounding to ``out``'s dtype). Other rows
+            decode as without ``centres``.
 
     Returns:
         ``out``.
@@ -419,15 +425,25 @@ def decode_groups(
     bits, seed, threads, g, n, d, cb = _group_args(out, "out", bits, seed, threads)
     _check_group_tensor(codes, "codes", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
     _check_group_tensor(scales, "scales", torch.float16, (g, n), "(G, N)")
+    if centres is not None:
+        _check_group_tensor(centres, "centres", torch.float32, (g, d), "(G, head_dim)")
     if not codes.device == scales.device == out.device:
         raise DeviceError(
             f"codes, scales and out must be on one device, got {codes.device}, {scales.device} and {out.device}"
         )
+    if centres is not None and centres.device != out.device:
+        raise DeviceError(f"centres must be on {out.device}, got {centres.device}")
     if g == 0 or n == 0:
         return out
     if _choose_backend(codes.device, backend) != "core":
-        out.copy_(decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=out.dtype,
-                         threads=threads, backend=backend))
+        flags = None if centres is None else scales.view(torch.int16) < 0
+        if flags is not None:
+            scales = scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+        decoded = decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=torch.float32,
+                         threads=threads, backend=backend)
+        if flags is not None:
+            decoded.addcmul_(flags.unsqueeze(-1).float(), centres.unsqueeze(1))
+        out.copy_(decoded)
         return out
     _check_grouped_out(out, "out")
     _core().decode_groups(
@@ -438,6 +454,7 @@ def decode_groups(
         seed=seed,
         dtype=_DTYPE_NAMES[out.dtype],
         threads=threads,
+        centres=None if centres is None else _np_view(centres.contiguous()),
     )
     return out
 

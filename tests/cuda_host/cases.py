@@ -111,9 +111,13 @@ def reference_attention(query, view, scaling, coded_mask=None, raw_mask=None):
     if centred is not None:
         coded_keys = coded_keys + centred[..., None].double() * view.k_means.double()[:, :, None]
     keys = torch.cat((coded_keys, view.raw_k.double()), 2)
-    vals = torch.cat(
-        (dequant(view.v_codes, view.v_scales, view.v_bits, view.v_seed), view.raw_v.double()), 2
-    )
+    v_scales, v_centred = view.v_scales, view.centred_values()
+    if v_centred is not None:  # centred values likewise
+        v_scales = v_scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+    coded_vals = dequant(view.v_codes, v_scales, view.v_bits, view.v_seed)
+    if v_centred is not None:
+        coded_vals = coded_vals + v_centred[..., None].double() * view.v_means.double()[:, :, None]
+    vals = torch.cat((coded_vals, view.raw_v.double()), 2)
     keep = torch.ones(b, tc + tr, dtype=torch.bool)
     if view.lengths is not None:
         s, c, w = view.lengths.long().unbind(1)

@@ -8,7 +8,7 @@
 //   encode  dtype n d bits seed grid threads smem x codes(out) scales(out)
 //   decode  dtype n d bits seed grid threads smem codes scales out(out)
 //   attn_partial  dtype bpl grid_x grid_y grid_z threads smem q k_codes k_scales v_codes v_scales
-//                 [lengths] [coded_mask] raw_k raw_v [raw_mask] [k_bias] hq hkv d tc tr sink_slots
+//                 [lengths] [coded_mask] raw_k raw_v [raw_mask] [k_bias] [v_centre] hq hkv d tc tr sink_slots
 //                 k_bits v_bits splits coded_splits coded_chunk raw_chunk k_seed qscale_bits
 //                 part_o(out) part_ml(out)
 //   attn_combine  dtype grid threads smem part_o part_ml d splits coded_splits v_seed out(out)
@@ -135,6 +135,7 @@ void attn_partial(const Args& a) {
   const auto rv = read_array<S>(a, "raw_v");
   const auto rm = optional_array<u8>(a, "raw_mask");
   const auto kb = optional_array<float>(a, "k_bias");
+  const auto vcen = optional_array<float>(a, "v_centre");
   const i64 batch = a.i("grid_z");
   std::vector<float> part_o((size_t)(batch * sh.hq * sh.splits * sh.d));
   std::vector<float> part_ml((size_t)(batch * sh.hq * sh.splits * 2));
@@ -146,7 +147,8 @@ void attn_partial(const Args& a) {
         nq::attn_partial_cta<T, BPL>(cta, q.data(), data_or_null(kc), data_or_null(ks),
                                      data_or_null(vc), data_or_null(vs), data_or_null(lengths),
                                      data_or_null(cm), data_or_null(rk), data_or_null(rv),
-                                     data_or_null(rm), data_or_null(kb), part_o.data(),
+                                     data_or_null(rm), data_or_null(kb), data_or_null(vcen),
+                                     part_o.data(),
                                      part_ml.data(), sh,
                                      a.u("k_seed"), qscale);
       }

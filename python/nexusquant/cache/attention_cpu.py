@@ -40,7 +40,8 @@ def cpu_decode_attention(
     Args:
         query: ``(B, Hq, d)`` CPU tensor; Hq a multiple of the KV heads (GQA/MQA): query head
             ``h`` reads KV head ``h // (Hq / Hkv)``.
-        view: the layer's :class:`~nexusquant.gpu.attention.PackedKV` (centred keys included).
+        view: the layer's :class:`~nexusquant.gpu.attention.PackedKV` (centred keys and values
+            included).
         scaling: the softmax scale.
         coded_mask, raw_mask: optional ``(B, Tc)`` / ``(B, Tr)`` bool or uint8, False/0 = the
             slot is masked out (as :func:`nexusquant.gpu.attention.segment_masks` gives them).
@@ -92,11 +93,20 @@ def cpu_decode_attention(
     weights = torch.softmax(scores, dim=-1)
     weights.masked_fill_(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
 
+    # Value sums; a centred value adds its weight times the row's value centre.
+    v_scales = view.v_scales.view(groups, cap)[:, :n]
+    v_centred = view.centred_values()
+    if v_centred is not None:
+        v_scales = v_scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+    coded_weights = weights[:, :, :n]
     out = codec.attention_values(
-        view.v_codes.view(groups, cap, -1)[:, :n], view.v_scales.view(groups, cap)[:, :n],
-        weights[:, :, :n].transpose(1, 2).contiguous(), per_group,
+        view.v_codes.view(groups, cap, -1)[:, :n], v_scales,
+        coded_weights.transpose(1, 2).contiguous(), per_group,
         bits=view.v_bits, seed=view.v_seed, threads=threads,
     )
+    if v_centred is not None:
+        share = torch.bmm(coded_weights, v_centred.reshape(groups, cap)[:, :n, None].float())
+        out.baddbmm_(share, view.v_means.float().reshape(groups, 1, d))
     out.baddbmm_(weights[:, :, n:], view.raw_v.float().reshape(groups, tr, d))
     return out.reshape(b, hq, d).to(query.dtype)
 

@@ -8,8 +8,8 @@ Storage of one layer (B rows, H KV heads, d = head_dim; ``S`` = ``sink_tokens``)
     sink_keys / sink_values     (B, H, S, d)            model dtype   the first min(S, n_r) tokens
     key_codes / value_codes     (B, H, Cc, d*bits/8)    uint8         slots [0, c_r) of row r
     key_scales / value_scales   (B, H, Cc)              float16       one per coded head-vector;
-                                                                      a key's sign bit: centred
-    key_means                   (B, H, d)               model dtype   each row's key centre
+                                                                      sign bit set: centred
+    key_means / value_means     (B, H, d)               model dtype   each row's centres
     window_keys / window_values (B, H, Cw, d)           model dtype   slots [0, w_r) of row r
     lengths                     (B, 3)                  int32 (CPU)   [s_r, c_r, w_r]
 
@@ -18,11 +18,11 @@ running it alone would hold (block boundaries are counted per row). Keys are sto
 transformers hands them over, i.e. after RoPE. A token enters the sinks while they are not full,
 the window otherwise; when a row's window reaches ``window + block`` tokens its oldest tokens are
 coded, a whole number of blocks at a time, and those codes are never touched again (multi-turn
-reuse re-quantizes nothing). Keys are coded relative to a centre when that makes them smaller
-(:meth:`NexusQuantLayer._centre_keys`): the first tokens a row codes fix its centre, the mean of
-their keys per head, and every key coded afterwards is coded as ``k - centre`` if
-``|k - centre| < |k|`` (flagged by the sign bit of its scale, which the codec never sets) and as
-``k`` otherwise; decoding adds the centre back to flagged keys. Values coded with fewer bits than the keys get the unbiased scale
+reuse re-quantizes nothing). Keys and values are coded relative to a centre when that makes them
+smaller (:meth:`NexusQuantLayer._centred`): the first tokens a row codes fix its centres, the
+mean of their keys (values) per head, and every key coded afterwards is coded as ``k - centre``
+if ``|k - centre| < |k|`` (flagged by the sign bit of its scale, which the codec never sets) and
+as ``k`` otherwise; decoding adds the centre back to flagged head-vectors. Values coded with fewer bits than the keys get the unbiased scale
 instead of the codec's least-squares one (:meth:`NexusQuantLayer._unbias_scales`). With ``quantize=False`` nothing is ever coded: the window grows
 without bound and holds the model's tensors exactly.
 
@@ -90,7 +90,7 @@ class PackedLayerView:
         key_scales: ``(B, H, Cc)`` float16; a set sign bit means "centred": the key is
             ``decode(code, |scale|) + key_means[r, h]``.
         value_codes: ``(B, H, Cc, value_head_dim*value_bits/8)`` uint8.
-        value_scales: ``(B, H, Cc)`` float16.
+        value_scales: ``(B, H, Cc)`` float16; the sign bit as for keys, with ``value_means``.
         sink_keys: ``(B, H, sink_tokens, head_dim)`` model dtype.
         sink_values: ``(B, H, sink_tokens, value_head_dim)`` model dtype.
         window_keys: ``(B, H, Cw, head_dim)`` model dtype.
@@ -98,6 +98,7 @@ class PackedLayerView:
         lengths: ``(B, 3)`` int32 on CPU: sink, coded and window token counts per row.
         key_means: ``(B, H, head_dim)`` model dtype: each row's key centre (zeros until the row
             codes its first tokens).
+        value_means: ``(B, H, value_head_dim)`` model dtype: each row's value centre.
         key_bits, value_bits: bits per element of the codes.
         seed: rotation seed of both codes.
         head_dim, value_head_dim: elements per key / value head-vector.
@@ -114,6 +115,7 @@ class PackedLayerView:
     window_values: torch.Tensor
     lengths: torch.Tensor
     key_means: torch.Tensor
+    value_means: torch.Tensor
     key_bits: int
     value_bits: int
     seed: int
@@ -163,9 +165,10 @@ def _grown(buf: torch.Tensor, needed: int, limit: int | None = None) -> torch.Te
     return grown
 
 
-def centred_flags(key_scales: torch.Tensor) -> torch.Tensor | None:
-    """Which coded keys are centred (the sign bit of their fp16 scale), or None if none is."""
-    flags = key_scales.view(torch.int16) < 0
+def centred_flags(scales: torch.Tensor) -> torch.Tensor | None:
+    """Which coded head-vectors are centred (the sign bit of their fp16 scale), or None if none
+    is."""
+    flags = scales.view(torch.int16) < 0
     return flags if bool(flags.any()) else None
 
 
@@ -223,7 +226,7 @@ class NexusQuantLayer(CacheLayerMixin):
         self.window_keys = self.window_values = None
         self.key_codes = self.key_scales = None
         self.value_codes = self.value_scales = None
-        self.key_means = None
+        self.key_means = self.value_means = None
 
     # ----------------------------------------------------------------------------------------
     # transformers' layer API
@@ -264,6 +267,7 @@ class NexusQuantLayer(CacheLayerMixin):
         self.key_scales = torch.zeros(batch, heads, 0, **f16)
         self.value_scales = torch.zeros(batch, heads, 0, **f16)
         self.key_means = torch.zeros(batch, heads, d, **k_opts)
+        self.value_means = torch.zeros(batch, heads, dv, **v_opts)
         self.lengths = torch.zeros(batch, 3, dtype=torch.int32)
         self.cumulative_length = 0
         self.is_initialized = True
@@ -409,6 +413,7 @@ class NexusQuantLayer(CacheLayerMixin):
             window_values=self.window_values,
             lengths=self.lengths,
             key_means=self.key_means,
+            value_means=self.value_means,
             key_bits=self.key_bits,
             value_bits=self.value_bits,
             seed=self.seed,
@@ -425,7 +430,7 @@ class NexusQuantLayer(CacheLayerMixin):
 
     def held_tensors(self) -> dict[str, list[torch.Tensor]]:
         """Every tensor the layer holds, by memory component (codes, scales, sinks, window,
-        bookkeeping: row lengths and key centres)."""
+        bookkeeping: row lengths and centres)."""
         if not self.is_initialized:
             return {}
         return {
@@ -433,7 +438,7 @@ class NexusQuantLayer(CacheLayerMixin):
             "scales": [self.key_scales, self.value_scales],
             "sinks": [self.sink_keys, self.sink_values],
             "window": [self.window_keys, self.window_values],
-            "bookkeeping": [self.lengths, self.key_means],
+            "bookkeeping": [self.lengths, self.key_means, self.value_means],
         }
 
     def used_bytes(self) -> dict[str, int]:
@@ -453,7 +458,7 @@ class NexusQuantLayer(CacheLayerMixin):
             "scales": c * per_token["scales"],
             "sinks": s * per_token["exact"],
             "window": w * per_token["exact"],
-            "bookkeeping": _nbytes(self.lengths) + _nbytes(self.key_means),
+            "bookkeeping": _nbytes(self.lengths) + _nbytes(self.key_means) + _nbytes(self.value_means),
         }
 
     def baseline_elements(self) -> int:
@@ -529,10 +534,10 @@ class NexusQuantLayer(CacheLayerMixin):
     ) -> torch.Tensor:
         """``(B, H, total, d)`` keys (or values) for attention, rows right-aligned."""
         if values:
-            sinks, window = self.sink_values, self.window_values
+            sinks, window, means = self.sink_values, self.window_values, self.value_means
             codes, scales, bits, dim = self.value_codes, self.value_scales, self.value_bits, self.value_head_dim
         else:
-            sinks, window = self.sink_keys, self.window_keys
+            sinks, window, means = self.sink_keys, self.window_keys, self.key_means
             codes, scales, bits, dim = self.key_codes, self.key_scales, self.key_bits, self.head_dim
         q = states.shape[2]
         # Every slot a row's tokens fill is written below; only left-padding slots need zeros.
@@ -547,22 +552,16 @@ class NexusQuantLayer(CacheLayerMixin):
             if plan.coded:
                 # Decoded straight into the attention buffer: no per-layer temporary, no concat.
                 g = dst.shape[0] * self.heads
-                used = scales[rows][:, :, : plan.coded]
-                centred = None if values else centred_flags(used)
-                if centred is not None:
-                    used = used.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+                # Centred head-vectors (sign bit of the scale) get their row's centre back.
                 codec.decode_groups(
                     codes[rows].view(g, codes.shape[2], -1)[:, : plan.coded],
-                    used.reshape(g, plan.coded),
+                    scales[rows].view(g, scales.shape[2])[:, : plan.coded],
                     dst.view(g, total, dim)[:, at : at + plan.coded],
                     bits=bits,
                     seed=self.seed,
                     backend=CODEC_BACKEND,
+                    centres=means[rows].reshape(g, dim).float(),
                 )
-                if centred is not None:
-                    dst[:, :, at : at + plan.coded].addcmul_(
-                        centred.unsqueeze(-1).to(dst.dtype), self.key_means[rows].unsqueeze(2)
-                    )
                 at += plan.coded
             if plan.window:
                 dst[:, :, at : at + plan.window] = window[rows, :, : plan.window]
@@ -578,11 +577,11 @@ class NexusQuantLayer(CacheLayerMixin):
         window blocks past ``window + block``."""
         q = key_states.shape[2]
         first = q - plan.new
-        for states, sinks, window, codes, scales, bits, unbiased in (
+        for states, sinks, window, codes, scales, bits, means, unbiased in (
             (key_states, self.sink_keys, self.window_keys, self.key_codes, self.key_scales, self.key_bits,
-             False),
+             self.key_means, False),
             (value_states, self.sink_values, self.window_values, self.value_codes, self.value_scales,
-             self.value_bits, self.unbiased_values),
+             self.value_bits, self.value_means, self.unbiased_values),
         ):
             if plan.to_sinks:
                 sinks[rows, :, plan.sinks : plan.sinks + plan.to_sinks] = (
@@ -600,17 +599,13 @@ class NexusQuantLayer(CacheLayerMixin):
             x = pending[:, :, : plan.to_code].reshape(g, plan.to_code, -1)
             code_view = codes[rows].view(g, codes.shape[2], -1)[:, span]
             scale_view = scales[rows].view(g, scales.shape[2])[:, span]
-            centred = None
-            if states is key_states:
-                if plan.coded == 0:
-                    self.key_means[rows] = self._key_centre(x).view_as(self.key_means[rows])
-                x, centred = self._centre_keys(x, self.key_means[rows].reshape(g, 1, -1))
+            if plan.coded == 0:
+                means[rows] = self._centre_of(x).view_as(means[rows])
+            x, centred = self._centred(x, means[rows].reshape(g, 1, -1))
             codec.encode_groups(x, code_view, scale_view, bits=bits, seed=self.seed, backend=CODEC_BACKEND)
             if unbiased:
                 self._unbias_scales(x, code_view, scale_view, bits)
-            if centred is not None:
-                flagged = scale_view.view(torch.int16)
-                flagged.bitwise_or_(centred.to(torch.int16) * -0x8000)
+            scale_view.view(torch.int16).bitwise_or_(centred.to(torch.int16) * -0x8000)
             if plan.window_after:
                 window[rows, :, : plan.window_after] = pending[:, :, plan.to_code :]
 
@@ -645,9 +640,10 @@ class NexusQuantLayer(CacheLayerMixin):
         fp16_max = torch.finfo(torch.float16).max
         scales.copy_((scales.float() * factor).clamp(-fp16_max, fp16_max).to(torch.float16))
 
-    def _key_centre(self, x: torch.Tensor) -> torch.Tensor:
-        """The centre of the keys ``x`` ``(G, N, d)``: the mean of each group's finite keys, in the
-        model dtype (zeros where there is none, or where the mean does not fit the dtype)."""
+    def _centre_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The centre of the head-vectors ``x`` ``(G, N, d)``: the mean of each group's finite
+        vectors, in the model dtype (zeros where there is none, or where the mean does not fit
+        the dtype)."""
         xf = x.float()
         finite = torch.isfinite(xf).all(-1, keepdim=True)
         total = torch.where(finite, xf, 0.0).sum(1)
@@ -656,17 +652,20 @@ class NexusQuantLayer(CacheLayerMixin):
         return torch.where(torch.isfinite(centre), centre, 0)
 
     @staticmethod
-    def _centre_keys(x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys ``x`` ``(G, N, d)`` to code and which of them are centred: ``x - centre`` where
-        that is shorter than ``x``, ``x`` elsewhere (NaN/Inf keys stay as they are).
+    def _centred(x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head-vectors ``x`` ``(G, N, d)`` to code and which of them are centred:
+        ``x - centre`` where that is shorter than ``x``, ``x`` elsewhere (NaN/Inf vectors stay as
+        they are).
 
         Post-RoPE keys carry a large common component in their slowly rotating channels (and a
-        few outlier channels), and the codec's error grows with a vector's norm; the centre
-        removes it where it is present, while a key unlike the others (the first token, which
-        many heads use as an attention sink) keeps its own, smaller norm. Measured with
-        SmolLM2-135M (KL divergence, ``window=0``, chunked protocol, 3 windows, emma.txt, round-trip
-        simulation): K3V2 0.0222 -> 0.0158, K3V3 0.0158 -> 0.0099; centring every key instead made
-        K3V2 worse (0.039), through the sink token.
+        few outlier channels), values a smaller one, and the codec's error grows with a vector's
+        norm; the centre removes it where it is present, while a vector unlike the others (the
+        first token, which many heads use as an attention sink) keeps its own, smaller norm.
+        Measured with SmolLM2-135M (KL divergence, ``window=0``, chunked protocol, 3 windows,
+        emma.txt, 3 seeds): keys centred, K3V2 0.0222 -> 0.0158, K3V3 0.0158 -> 0.0104, K2V2
+        0.0987 -> 0.0612, K4V4 0.0033 -> 0.0020; values centred too (round-trip simulation),
+        K2V2 0.0612 -> 0.0558, K3V2 0.0158 -> 0.0151. Centring every key instead of choosing
+        made K3V2 worse (0.039), through the sink token.
         """
         xf = x.float()
         shifted = xf - centre.float()
@@ -678,7 +677,7 @@ class NexusQuantLayer(CacheLayerMixin):
     def _apply_rows(self, fn) -> None:
         """Apply a row selection ``fn`` (along dim 0) to every buffer and to the lengths."""
         for name in ("sink_keys", "sink_values", "window_keys", "window_values", "key_codes",
-                     "value_codes", "key_scales", "value_scales", "key_means", "lengths"):
+                     "value_codes", "key_scales", "value_scales", "key_means", "value_means", "lengths"):
             setattr(self, name, fn(getattr(self, name)))
         self.batch = self.lengths.shape[0]
 

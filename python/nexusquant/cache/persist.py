@@ -13,10 +13,11 @@ What is stored, per cache layer (one ``.nqkv`` layer record each):
   bits, seed, configured sink and window sizes; the sinks, codes + scales and window, each trimmed
   to the longest row (a shorter row's unused slots are written as zeros); aux arrays
   ``lengths`` ``(B, 3)`` int32 (sink, coded, window tokens per row) and ``seq_length`` ``()``
-  int64 (the padded length ``T`` the rows are right-aligned to), ``key_means`` ``(B, H, d)``
-  int32 (the float32 bit patterns of the rows' key centres; a key whose scale has its sign bit
-  set was coded relative to it, see :mod:`nexusquant.cache.layer`; a file without it has no
-  centred keys); an ``EvictableLayer`` adds
+  int64 (the padded length ``T`` the rows are right-aligned to), ``key_means`` and
+  ``value_means`` ``(B, H, d)`` int32 (the float32 bit patterns of the rows' centres; a key or
+  value whose scale has its sign bit set was coded relative to it, see
+  :mod:`nexusquant.cache.layer`; a file without them has no centred vectors); an
+  ``EvictableLayer`` adds
   ``offset`` ``()`` int64 (evicted positions) and, when it holds them, ``decode_scores`` ``(B, H,
   T)`` int32 (the float32 bit patterns of its scores);
 * a sliding-window (or chunked) layer, which the cache leaves to transformers'
@@ -227,6 +228,7 @@ def _full_record(idx: int, layer: NexusQuantLayer) -> tuple[LayerRecord, dict[st
         "lengths": lengths.numpy().copy(),
         "seq_length": np.array(layer.cumulative_length, dtype=np.int64),
         "key_means": _numpy(layer.key_means.float().contiguous().view(torch.int32)),
+        "value_means": _numpy(layer.value_means.float().contiguous().view(torch.int32)),
     }
     if kind == "EvictableLayer":
         aux["offset"] = np.array(layer.offset, dtype=np.int64)
@@ -436,9 +438,10 @@ def _full_layer(
     layer.value_scales = _tensor(rec.v_scales, torch.float16, code_device)
     layer.lengths = torch.from_numpy(np.array(aux["lengths"], dtype=np.int32))
     layer.cumulative_length = aux["seq_length"]
-    means = aux.get("key_means")
-    if means is not None:
-        layer.key_means = torch.from_numpy(np.array(means, dtype=np.int32)).view(torch.float32).to(device, dtype)
+    for name in ("key_means", "value_means"):
+        means = aux.get(name)
+        if means is not None:
+            setattr(layer, name, torch.from_numpy(np.array(means, dtype=np.int32)).view(torch.float32).to(device, dtype))
     if isinstance(layer, OffloadedLayer):
         layer.offload_codes()
     if entry["class"] == "EvictableLayer":
@@ -600,11 +603,12 @@ def _check_record(
                 f"the arrays' {caps} tokens and at most seq_length {seq_length} in total"
             )
     out: dict[str, Any] = {"lengths": lengths, "seq_length": seq_length}
-    if "key_means" in rec.aux:
-        means = _aux(rec, i, "key_means", (batch, rec.num_kv_heads, rec.head_dim), "int32")
-        if not np.isfinite(np.array(means, dtype=np.int32).view(np.float32)).all():
-            raise FormatError(f"layer {i}: key_means must hold finite float32 values")
-        out["key_means"] = means
+    for name in ("key_means", "value_means"):
+        if name in rec.aux:
+            means = _aux(rec, i, name, (batch, rec.num_kv_heads, rec.head_dim), "int32")
+            if not np.isfinite(np.array(means, dtype=np.int32).view(np.float32)).all():
+                raise FormatError(f"layer {i}: {name} must hold finite float32 values")
+            out[name] = means
     if entry["class"] == "EvictableLayer":
         out["offset"] = int(_aux(rec, i, "offset", (), "int64"))
         if out["offset"] < 0:

@@ -12,15 +12,16 @@
       const TYPE::storage* q, const nq::u8* k_codes, const nq::u16* k_scales,                   \
       const nq::u8* v_codes, const nq::u16* v_scales, const nq::i32* lengths,                   \
       const nq::u8* coded_mask, const TYPE::storage* raw_k, const TYPE::storage* raw_v,         \
-      const nq::u8* raw_mask, const float* k_bias, float* part_o, float* part_ml, int hq,       \
-      int hkv, int d,                                                                           \
+      const nq::u8* raw_mask, const float* k_bias, const float* v_centre, float* part_o,       \
+      float* part_ml, int hq, int hkv, int d,                                                   \
       nq::i64 tc, nq::i64 tr, int sink_slots, int k_bits, int v_bits, int splits,               \
       int coded_splits, int coded_chunk, int raw_chunk, nq::u64 k_seed, float qscale) {         \
     const nq::AttnShape sh{hq,        hkv,    d,      tc,           tr,          sink_slots,    \
                            k_bits,    v_bits, splits, coded_splits, coded_chunk, raw_chunk};    \
     nq::DeviceCta cta;                                                                          \
     nq::attn_partial_cta<TYPE, BPL>(cta, q, k_codes, k_scales, v_codes, v_scales, lengths,      \
-                                    coded_mask, raw_k, raw_v, raw_mask, k_bias, part_o,         \
+                                    coded_mask, raw_k, raw_v, raw_mask, k_bias, v_centre,       \
+                                    part_o,                                                     \
                                     part_ml, sh,                                                \
                                     k_seed, qscale);                                            \
   }

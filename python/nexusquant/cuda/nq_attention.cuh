@@ -7,6 +7,8 @@
 // orthogonal): the query is rotated once and scored against the codebook points directly. A
 // centred key (sign bit of its scale set, when k_bias is given) is k = R_k⁻¹(ŷ·|m|) + c with
 // its row's centre c: its score adds k_bias[b, h] = scaling·log2(e)·(q·c), computed by the caller.
+// A centred value adds its row's centre in V's rotated domain, v_centre[b, kvh] = R_v(c_v), to
+// the coded accumulator (which the combine rotates back).
 // Coded values are accumulated in V's rotated domain, Σ p·(ŷ·m), and rotated back once per
 // query head after the split-K combine; raw tokens (sinks and the fp window, model dtype) are
 // scored with the plain query and accumulated in a second, plain accumulator. Softmax runs in
@@ -43,7 +45,7 @@ struct AttnShape {
 template <class T, int BPL, class Grp>
 NQ_HD void attn_group(Grp& g, int gi, int stride, const AttnShape& sh, bool coded, i64 begin,
                       i64 end, i64 lo_end, i64 hi_begin, i64 hi_end, const u8* keep,
-                      const float* qs, int nh, const float* kb,
+                      const float* qs, int nh, const float* kb, const float* vcr,
                       const u8* kc, const u16* ks, const u8* vc, const u16* vs,
                       const typename T::storage* rk, const typename T::storage* rv,
                       float* st_ml, float* st_acc) {
@@ -105,7 +107,10 @@ NQ_HD void attn_group(Grp& g, int gi, int stride, const AttnShape& sh, bool code
     const u16 kbits = coded ? ks[t] : (u16)0;
     const bool centred = kb != nullptr && (kbits & 0x8000u) != 0;
     const float kscale = coded ? f16_to_f32(kb != nullptr ? (u16)(kbits & 0x7FFFu) : kbits) : 1.0f;
-    const float vscale = coded ? f16_to_f32(vs[t]) : 1.0f;
+    // Likewise for values with vcr, the row's value centre in V's rotated domain.
+    const u16 vbits = coded ? vs[t] : (u16)0;
+    const bool vcentred = vcr != nullptr && (vbits & 0x8000u) != 0;
+    const float vscale = coded ? f16_to_f32(vcr != nullptr ? (u16)(vbits & 0x7FFFu) : vbits) : 1.0f;
     float corr[MAXH] = {}, p[MAXH] = {};
     NQ_UNROLL
     for (int h = 0; h < MAXH; ++h) {
@@ -129,6 +134,10 @@ NQ_HD void attn_group(Grp& g, int gi, int stride, const AttnShape& sh, bool code
           vdec_word(load_word(vc + t * vcb + j * sh.v_bits, sh.v_bits), sh.v_bits, ph);
           NQ_UNROLL
           for (int i = 0; i < 8; ++i) vf[i] = mul(mul((float)ph[i], 0.25f), vscale);
+          if (vcentred) {
+            NQ_UNROLL
+            for (int i = 0; i < 8; ++i) vf[i] = add(vf[i], vcr[8 * j + i]);
+          }
         } else {
           NQ_UNROLL
           for (int i = 0; i < 8; ++i) vf[i] = T::load(rv[t * d + 8 * j + i]);
@@ -179,7 +188,8 @@ NQ_HD void attn_partial_cta(Cta& cta, const typename T::storage* q, const u8* k_
                             const u16* k_scales, const u8* v_codes, const u16* v_scales,
                             const i32* lengths, const u8* coded_mask,
                             const typename T::storage* raw_k, const typename T::storage* raw_v,
-                            const u8* raw_mask, const float* k_bias, float* part_o,
+                            const u8* raw_mask, const float* k_bias, const float* v_centre,
+                            float* part_o,
                             float* part_ml, const AttnShape& sh, u64 k_seed, float qscale) {
   constexpr int MAXH = attn_max_heads(BPL);
   const int d = sh.d, G = group_size(d), slots = cta.threads() / G;
@@ -244,12 +254,13 @@ NQ_HD void attn_partial_cta(Cta& cta, const typename T::storage* q, const u8* k_
   const u16* vs = v_scales + kv_row * sh.tc;
   // Centred keys' score bias of the chunk's query heads (coded splits only).
   const float* kb = coded && k_bias != nullptr ? k_bias + b * sh.hq + h0 : nullptr;
+  const float* vcr = coded && v_centre != nullptr ? v_centre + kv_row * d : nullptr;
   const typename T::storage* rk = raw_k + kv_row * sh.tr * d;
   const typename T::storage* rv = raw_v + kv_row * sh.tr * d;
 
   cta.each_group(G, [&](auto& g, int gi) {
     attn_group<T, BPL>(g, gi, slots, sh, coded, begin, end, lo_end, hi_begin, hi_end, keep, qs,
-                       nh, kb, kc, ks, vc, vs, rk, rv, st_ml, st_acc);
+                       nh, kb, vcr, kc, ks, vc, vs, rk, rv, st_ml, st_acc);
   });
   cta.sync();
 

@@ -464,7 +464,7 @@ class _Session:
         """Bytes one row holds in all compressed layers, from the layers' real tensors.
 
         Fixed: the sink buffer (its capacity), the exact window of a coding layer, the row's
-        lengths record and key centres, the padding record. Per kept token of the evictable span: codes and
+        lengths record and centres, the padding record. Per kept token of the evictable span: codes and
         scales at each layer's bits (exact tensors in a pass-through layer). With
         ``decode_budget``, every stored token also has a float32 score per KV head.
         """
@@ -476,7 +476,7 @@ class _Session:
         per_layer_fixed = (
             layer.sink_keys.shape[2] * exact + (after * exact if layer.quantize else 0)
             + layer.lengths.element_size() * layer.lengths.shape[1] + (before + after) * score
-            + heads * d * layer.key_means.element_size()
+            + heads * (d * layer.key_means.element_size() + dv * layer.value_means.element_size())
         )
         coded = sum(
             (heads * (codec.code_bytes(d, l.key_bits) + codec.code_bytes(dv, l.value_bits) + 2 * SCALE_BYTES)

@@ -51,9 +51,10 @@ class PackedKV:
         lengths: ``(B, 3)`` int32 (any device): sink, coded and window tokens per row; None
             when every slot holds a token.
         seq_length: the length the rows are right-aligned to; None: ``Tr + Tc`` (full rows).
-        k_means: ``(B, Hkv, d)`` raw dtype, the rows' key centres, or None. A key whose scale has
-            its sign bit set is ``decode(code, |scale|) + k_means[b, h]`` (the cache's centred
-            keys, ``nexusquant.cache.layer``); without k_means no key is centred.
+        k_means, v_means: ``(B, Hkv, d)`` raw dtype, the rows' key / value centres, or None. A
+            key whose scale has its sign bit set is ``decode(code, |scale|) + k_means[b, h]``
+            (the cache's centred keys, ``nexusquant.cache.layer``), a value likewise with
+            v_means; without them no key (value) is centred.
     """
 
     k_codes: torch.Tensor
@@ -70,6 +71,7 @@ class PackedKV:
     lengths: torch.Tensor | None = None
     seq_length: int | None = None
     k_means: torch.Tensor | None = None
+    v_means: torch.Tensor | None = None
 
     @classmethod
     def from_layer_view(cls, view: Any) -> PackedKV:
@@ -95,6 +97,7 @@ class PackedKV:
             lengths=view.lengths,
             seq_length=int(view.seq_length),
             k_means=view.key_means,
+            v_means=view.value_means,
         )
 
     @property
@@ -151,21 +154,29 @@ class PackedKV:
             )
         if not 0 <= self.sink_slots <= tr:
             raise ShapeError(f"PackedKV.sink_slots must be in [0, {tr}], got {self.sink_slots}")
-        if self.k_means is not None and (
-            tuple(self.k_means.shape) != (b, hkv, d) or self.k_means.device != self.raw_k.device
-        ):
-            raise ShapeError(
-                f"PackedKV.k_means must be a ({b}, {hkv}, {d}) tensor on {self.raw_k.device}, got "
-                f"{tuple(self.k_means.shape)} on {self.k_means.device}"
-            )
+        for name in ("k_means", "v_means"):
+            t = getattr(self, name)
+            if t is not None and (tuple(t.shape) != (b, hkv, d) or t.device != self.raw_k.device):
+                raise ShapeError(
+                    f"PackedKV.{name} must be a ({b}, {hkv}, {d}) tensor on {self.raw_k.device}, got "
+                    f"{tuple(t.shape)} on {t.device}"
+                )
 
     def centred_keys(self) -> torch.Tensor | None:
         """``(B, Hkv, Tc)`` bool: which code slots hold a centred key; None when none does."""
-        if self.k_means is None:
+        return self._centred(self.k_means, self.k_scales)
+
+    def centred_values(self) -> torch.Tensor | None:
+        """``(B, Hkv, Tc)`` bool: which code slots hold a centred value; None when none does."""
+        return self._centred(self.v_means, self.v_scales)
+
+    @staticmethod
+    def _centred(means: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor | None:
+        if means is None:
             return None
         from ..cache.layer import centred_flags  # noqa: PLC0415 - the cache imports this module
 
-        return centred_flags(self.k_scales)
+        return centred_flags(scales)
 
     def counts(self) -> torch.Tensor:
         """``(B, 3)`` int64 on raw_k's device: sink, coded and window tokens per row."""
@@ -202,16 +213,15 @@ class PackedKV:
         d, dtype, big_l, ss = self.head_dim, self.raw_k.dtype, self.length, self.sink_slots
         rows = self.counts().tolist()
 
-        centred = self.centred_keys()
-
-        def full(codes, scales, bits, seed, raw, keys=False):
-            if keys and centred is not None:
+        def full(codes, scales, bits, seed, raw, means):
+            centred = self._centred(means, scales)
+            if centred is not None:
                 scales = scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
-            coded = decode(
-                codes, scales, bits=bits, seed=seed, head_dim=d, dtype=dtype, backend=backend
-            )
-            if keys and centred is not None:
-                coded.addcmul_(centred.unsqueeze(-1).to(dtype), self.k_means.unsqueeze(2))
+            coded = decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=torch.float32,
+                           backend=backend)
+            if centred is not None:
+                coded.addcmul_(centred.unsqueeze(-1).float(), means.float().unsqueeze(2))
+            coded = coded.to(dtype)
             out = raw.new_zeros(raw.shape[0], raw.shape[1], big_l, d)
             for r, (s, c, w) in enumerate(rows):
                 out[r, :, big_l - s - c - w :] = torch.cat(
@@ -220,8 +230,8 @@ class PackedKV:
             return out
 
         return (
-            full(self.k_codes, self.k_scales, self.k_bits, self.k_seed, self.raw_k, keys=True),
-            full(self.v_codes, self.v_scales, self.v_bits, self.v_seed, self.raw_v),
+            full(self.k_codes, self.k_scales, self.k_bits, self.k_seed, self.raw_k, self.k_means),
+            full(self.v_codes, self.v_scales, self.v_bits, self.v_seed, self.raw_v, self.v_means),
         )
 
 
@@ -303,6 +313,7 @@ def attention_args(
         "raw_v": view.raw_v,
         "raw_mask": _as_mask(raw_mask, (b, tr), "raw_mask", device),
         "k_bias": _key_bias(query, view, float(scaling) * LOG2E),
+        "v_centre": _value_centre(view),
         "part_o": part_o,
         "part_ml": part_ml,
         "hq": hq,
@@ -340,6 +351,16 @@ def _key_bias(query: torch.Tensor, view: PackedKV, qscale: float) -> torch.Tenso
     b, hq, d = query.shape
     means = view.k_means.float().repeat_interleave(hq // view.raw_k.shape[1], dim=1)
     return ((query.float() * means).sum(-1) * qscale).contiguous()
+
+
+def _value_centre(view: PackedKV) -> torch.Tensor | None:
+    """``(B, Hkv, d)`` float32 ``R_v(value centre)`` when the layer holds centred values."""
+    if view.centred_values() is None:
+        return None
+    from ..reference import rotate  # noqa: PLC0415
+
+    b, hkv, _, d = view.raw_k.shape
+    return rotate(view.v_means.float().reshape(b * hkv, d), view.v_seed).reshape(b, hkv, d).contiguous()
 
 
 def fused_decode_attention(

@@ -140,6 +140,14 @@ KERNELS: dict[str, Kernel] = {
                 "(B, Hq) scaling·log2(e)·(q·centre) added to centred keys' scores (sign bit of "
                 "their scale); None: no key is centred",
             ),
+            Arg(
+                "v_centre",
+                "const f32*",
+                "float32",
+                True,
+                "(B, Hkv, d) R_v(value centre), added to centred values (sign bit of their "
+                "scale) in V's rotated domain; None: no value is centred",
+            ),
             Arg("part_o", "f32*", "float32", doc="(B, Hq, splits, d) unnormalised outputs"),
             Arg("part_ml", "f32*", "float32", doc="(B, Hq, splits, 2) log2 max and sum"),
             Arg("hq", "i32"),

@@ -418,3 +418,69 @@ fn encode_groups_matches_one_call_per_group() {
         }
     }
 }
+
+#[test]
+fn centred_rows_decode_with_the_absolute_scale_plus_their_centre() {
+    let d = 64;
+    let codec = Codec::new(CodecParams::new(d, 3, 17).unwrap());
+    let mut rng = SplitMix64::new(23);
+    let (groups, n) = (3, 45);
+    let x = mixed_rows(&mut rng, groups * n, d);
+    let (codes, scales) = check_encode(&codec, &x, Threads::Count(1));
+    // Flag every other row of each group (NaN and zero scales included).
+    let flagged: Vec<u16> = scales
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| if i % 2 == 0 { s | 0x8000 } else { s })
+        .collect();
+    let centres = gaussian(&mut rng, groups * d, 3.0);
+    let cb = codec.params().code_bytes();
+    for threads in [Threads::Count(1), Threads::Count(3)] {
+        let mut plain = vec![0f32; groups * n * d];
+        codec
+            .decode_into(&codes, &scales, &mut plain, Threads::Count(1))
+            .unwrap();
+        let mut got = vec![0f32; groups * n * d];
+        let batch = codes
+            .chunks(n * cb)
+            .zip(flagged.chunks(n))
+            .zip(got.chunks_mut(n * d))
+            .map(|((c, s), o)| (c, s, o))
+            .collect();
+        codec
+            .decode_groups_centred_into(batch, &centres, threads)
+            .unwrap();
+        for (r, (g_row, p_row)) in got.chunks(d).zip(plain.chunks(d)).enumerate() {
+            let c = &centres[(r / n) * d..(r / n + 1) * d];
+            for i in 0..d {
+                let want = if r % 2 == 0 {
+                    p_row[i] + c[i]
+                } else {
+                    p_row[i]
+                };
+                assert!(
+                    want.to_bits() == g_row[i].to_bits() || (want.is_nan() && g_row[i].is_nan()),
+                    "row {r} [{i}]: {} vs {want}",
+                    g_row[i]
+                );
+            }
+        }
+        // Without centres the sign bit is the scale's sign, as always.
+        let mut negated = vec![0f32; groups * n * d];
+        codec
+            .decode_into(&codes, &flagged, &mut negated, threads)
+            .unwrap();
+        assert!(negated[..d]
+            .iter()
+            .zip(&plain[..d])
+            .all(|(a, b)| *a == -*b || a.is_nan()));
+    }
+    let err = codec
+        .decode_groups_centred_into(
+            vec![(&codes[..cb], &scales[..1], &mut [0f32; 64][..])],
+            &centres[..10],
+            Threads::All,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("centres"), "{err}");
+}

@@ -449,8 +449,11 @@ fn group_slices_mut<'a, T, D: RemoveAxis>(mut a: ArrayViewMut<'a, T, D>) -> Vec<
 /// must be C-contiguous; the first axis may have any stride (slices of larger buffers, such as
 /// the heads of a KV cache and their place in an attention buffer, are read and written where
 /// they are). One pass over the thread pool for all groups.
+///
+/// With `centres` (G, head_dim) float32, a row whose scale has its sign bit set decodes with the
+/// absolute scale plus its group's centre (`Codec::decode_groups_centred_into`).
 #[pyfunction]
-#[pyo3(signature = (codes, scales, out, *, bits, seed, dtype, threads=None))]
+#[pyo3(signature = (codes, scales, out, *, bits, seed, dtype, threads=None, centres=None))]
 #[allow(clippy::too_many_arguments)]
 fn decode_groups(
     py: Python<'_>,
@@ -461,6 +464,7 @@ fn decode_groups(
     seed: &Bound<'_, PyAny>,
     dtype: &str,
     threads: Option<&Bound<'_, PyAny>>,
+    centres: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let dt = Dtype::parse(py, dtype)?;
     let t = self::threads(py, threads)?;
@@ -484,15 +488,39 @@ fn decode_groups(
         sa.dtype().is_equiv_to(&numpy::dtype::<u16>(py)),
     )?;
     check_shape(py, "scales", sa.shape(), &[g, n])?;
+    let centres: Option<PyReadonlyArray2<'_, f32>> = match centres {
+        Some(a) if !a.is_none() => {
+            let ca = array(a, "centres", 2, "(G, head_dim) float32")?;
+            check_dtype(&ca, "centres", "float32", Dtype::F32.accepts(&ca))?;
+            check_shape(py, "centres", ca.shape(), &[g, d])?;
+            Some(a.extract()?)
+        }
+        _ => None,
+    };
+    let centres = match &centres {
+        Some(a) => Some(a.as_slice()?),
+        None => None,
+    };
     let codes: PyReadonlyArray3<'_, u8> = codes.extract()?;
     let scales: PyReadonlyArray2<'_, u16> = scales.extract()?;
     let cs = group_slices(codes.as_array());
     let ss = group_slices(scales.as_array());
+    fn go<T: Element>(
+        c: &Codec,
+        groups: Vec<(&[u8], &[u16], &mut [T])>,
+        centres: Option<&[f32]>,
+        t: Threads,
+    ) -> Result<(), CodecError> {
+        match centres {
+            Some(centres) => c.decode_groups_centred_into(groups, centres, t),
+            None => c.decode_groups_into(groups, t),
+        }
+    }
     if dt == Dtype::F32 {
         let mut o: PyReadwriteArray3<'_, f32> = out.extract().map_err(|_| writable(py, "out"))?;
         let os = group_slices_mut(o.as_array_mut());
         let groups = zip3(cs, ss, os);
-        run(py, || c.decode_groups_into(groups, t))
+        run(py, || go(&c, groups, centres, t))
     } else {
         let view = oa.call_method1("view", (numpy::dtype::<u16>(py),))?;
         let mut o: PyReadwriteArray3<'_, u16> = view.extract().map_err(|_| writable(py, "out"))?;
@@ -506,7 +534,7 @@ fn decode_groups(
                         .map(bytemuck::cast_slice_mut::<u16, f16>)
                         .collect(),
                 );
-                run(py, || c.decode_groups_into(groups, t))
+                run(py, || go(&c, groups, centres, t))
             }
             _ => {
                 let groups = zip3(
@@ -516,7 +544,7 @@ fn decode_groups(
                         .map(bytemuck::cast_slice_mut::<u16, bf16>)
                         .collect(),
                 );
-                run(py, || c.decode_groups_into(groups, t))
+                run(py, || go(&c, groups, centres, t))
             }
         }
     }

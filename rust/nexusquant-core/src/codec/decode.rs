@@ -63,12 +63,16 @@ struct Scratch<S: Simd> {
 
 /// Decodes `scales.len()` rows of `codes` into `out`, [`L`] rows at a time. Lengths are the
 /// caller's responsibility (checked by [`Codec::decode_into`]).
+///
+/// With a `centre` (`d` values), a scale whose sign bit is set marks a centred row: it decodes
+/// with `|scale|` and then gets `centre` added (see [`Codec::decode_groups_centred_into`]).
 #[inline(always)]
 pub(crate) fn decode_rows<S: Simd, T: Element>(
     codec: &Codec,
     codes: &[u8],
     scales: &[u16],
     out: &mut [T],
+    centre: Option<&[f32]>,
 ) {
     let p = codec.params();
     let (d, cb) = (p.head_dim(), p.code_bytes());
@@ -82,7 +86,7 @@ pub(crate) fn decode_rows<S: Simd, T: Element>(
         .zip(scales.chunks(L))
         .zip(out.chunks_mut(L * d))
     {
-        decode_group::<S, T>(codec, cg, sg, og, &mut s);
+        decode_group::<S, T>(codec, cg, sg, og, &mut s, centre);
     }
 }
 
@@ -94,6 +98,7 @@ fn decode_group<S: Simd, T: Element>(
     scales: &[u16],
     out: &mut [T],
     s: &mut Scratch<S>,
+    centre: Option<&[f32]>,
 ) {
     let p = codec.params();
     let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
@@ -101,8 +106,14 @@ fn decode_group<S: Simd, T: Element>(
     let stride = cb + 8;
 
     let mut mf = [0f32; L];
-    for (m, &h) in mf.iter_mut().zip(scales) {
-        *m = f16::from_bits(h).to_f32();
+    let mut centred = [0f32; L];
+    for ((m, c), &h) in mf.iter_mut().zip(centred.iter_mut()).zip(scales) {
+        if centre.is_some() && h & 0x8000 != 0 {
+            *m = f16::from_bits(h & 0x7FFF).to_f32();
+            *c = 1.0;
+        } else {
+            *m = f16::from_bits(h).to_f32();
+        }
     }
     let mf = S::F::from_array(mf);
     let nan = mf.eq(mf).not();
@@ -142,6 +153,13 @@ fn decode_group<S: Simd, T: Element>(
         }
     }
     codec.rotation().inverse_lanes::<S>(&mut s.v);
+    if let Some(centre) = centre {
+        // Only flagged lanes change: the others stay bit-identical to a plain decode.
+        let flag = S::F::from_array(centred).eq(S::F::splat(1.0));
+        for (v, &c) in s.v.iter_mut().zip(centre) {
+            *v = flag.select(*v + S::F::splat(c), *v);
+        }
+    }
 
     for k in 0..d / 8 {
         let r: [S::F; 8] = arr8(|i| s.v[8 * k + i]);

@@ -57,8 +57,13 @@ dispatch!(
 
 dispatch!(
     /// Batched decode ([`decode_impl`]) with the best instruction set available.
-    decode_rows<T: Element>(codec: &Codec, codes: &[u8], scales: &[u16], out: &mut [T])
-        => decode_impl
+    decode_rows<T: Element>(
+        codec: &Codec,
+        codes: &[u8],
+        scales: &[u16],
+        out: &mut [T],
+        centre: Option<&[f32]>
+    ) => decode_impl
 );
 
 dispatch!(
@@ -101,8 +106,9 @@ mod avx2 {
         codes: &[u8],
         scales: &[u16],
         out: &mut [T],
+        centre: Option<&[f32]>,
     ) {
-        decode_impl::<Avx2, T>(codec, codes, scales, out);
+        decode_impl::<Avx2, T>(codec, codes, scales, out, centre);
     }
 
     #[target_feature(enable = "avx2,f16c")]

@@ -192,6 +192,41 @@ impl Codec {
         groups: Vec<(&[u8], &[u16], &mut [T])>,
         threads: Threads,
     ) -> Result<(), CodecError> {
+        self.decode_groups_with(groups, None, threads)
+    }
+
+    /// [`Codec::decode_groups_into`] for rows coded relative to a centre: a row whose scale has
+    /// its sign bit set (which the encoder never sets) decodes with `|scale|` and then gets its
+    /// group's centre `centres[group·d ..][.. d]` added (binary32, before the rounding to `T`);
+    /// other rows decode exactly as [`Codec::decode_groups_into`] decodes them. This is how a KV
+    /// cache stores keys minus a per-head centre where that makes them shorter, at no cost in
+    /// bits (`nexusquant.cache.layer`).
+    ///
+    /// # Errors
+    /// As [`Codec::decode_groups_into`]; [`CodecError::Length`] when `centres` does not hold
+    /// `d` values per group.
+    pub fn decode_groups_centred_into<T: Element>(
+        &self,
+        groups: Vec<(&[u8], &[u16], &mut [T])>,
+        centres: &[f32],
+        threads: Threads,
+    ) -> Result<(), CodecError> {
+        let d = self.params.head_dim();
+        check_len(
+            "centres",
+            "G × head_dim, one centre per group",
+            groups.len() * d,
+            centres.len(),
+        )?;
+        self.decode_groups_with(groups, Some(centres), threads)
+    }
+
+    fn decode_groups_with<T: Element>(
+        &self,
+        groups: Vec<(&[u8], &[u16], &mut [T])>,
+        centres: Option<&[f32]>,
+        threads: Threads,
+    ) -> Result<(), CodecError> {
         let (d, cb) = (self.params.head_dim(), self.params.code_bytes());
         let mut total = 0;
         for (codes, scales, out) in &groups {
@@ -205,27 +240,30 @@ impl Codec {
             )?;
             total += n;
         }
+        let centre = |i: usize| centres.map(|c| &c[i * d..(i + 1) * d]);
         let runner = Runner::new(threads)?;
         if runner.is_inline() || total <= L {
-            for (codes, scales, out) in groups {
-                kernel::decode_rows(self, codes, scales, out);
+            for (i, (codes, scales, out)) in groups.into_iter().enumerate() {
+                kernel::decode_rows(self, codes, scales, out, centre(i));
             }
             return Ok(());
         }
         let chunk = chunk_rows(total, runner.threads());
         let mut tasks = Vec::new();
-        for (codes, scales, out) in groups {
+        for (i, (codes, scales, out)) in groups.into_iter().enumerate() {
+            let c = centre(i);
             tasks.extend(
                 codes
                     .chunks(chunk * cb)
                     .zip(scales.chunks(chunk))
-                    .zip(out.chunks_mut(chunk * d)),
+                    .zip(out.chunks_mut(chunk * d))
+                    .map(move |((k, s), o)| (k, s, o, c)),
             );
         }
         runner.install(|| {
             tasks
                 .into_par_iter()
-                .for_each(|((c, sc), o)| kernel::decode_rows(self, c, sc, o));
+                .for_each(|(k, s, o, c)| kernel::decode_rows(self, k, s, o, c));
         });
         Ok(())
     }
