@@ -298,6 +298,12 @@ def decode(
     return out
 
 
+def scale_magnitudes(scales: torch.Tensor) -> torch.Tensor:
+    """``|scales|`` of float16 scales, by clearing the sign bit (NaN stays NaN): the scales of
+    head-vectors whose sign bit flags them as centred (:func:`decode_groups` ``centres``)."""
+    return scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+
+
 def _is_grouped(t: torch.Tensor) -> bool:
     """Whether each slice of ``t`` along its first axis is one dense run of memory (what the
     grouped core functions read and write in place)."""
@@ -438,7 +444,7 @@ def decode_groups(
     if _choose_backend(codes.device, backend) != "core":
         flags = None if centres is None else scales.view(torch.int16) < 0
         if flags is not None:
-            scales = scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+            scales = scale_magnitudes(scales)
         decoded = decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=torch.float32,
                          threads=threads, backend=backend)
         if flags is not None:
@@ -732,6 +738,7 @@ __all__ = [
     "decode",
     "encode_groups",
     "decode_groups",
+    "scale_magnitudes",
     "attention_scores",
     "attention_values",
     "code_bytes",

@@ -15,15 +15,10 @@ single-token step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .. import codec
-from ..errors import ShapeError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..gpu.attention import PackedKV
+from ..gpu.attention import PackedKV, check_query
 
 
 def cpu_decode_attention(
@@ -51,13 +46,8 @@ def cpu_decode_attention(
         ``(B, Hq, d)`` of the query dtype, computed in float32. A row without any valid token
         gives zeros; a NaN anywhere in what a row attends to gives NaN, as SDPA would.
     """
-    view.validate()
+    hq = check_query(query, view)
     b, hkv, tr, d = view.raw_k.shape
-    if query.dim() != 3 or query.shape[0] != b or query.shape[2] != d:
-        raise ShapeError(f"query must be (B={b}, Hq, d={d}), got shape {tuple(query.shape)}")
-    hq = query.shape[1]
-    if hq % hkv:
-        raise ShapeError(f"query heads ({hq}) must be a multiple of the KV heads ({hkv})")
     g, groups, cap = hq // hkv, b * hkv, view.coded_tokens
     counts = view.counts().cpu()
     n = int(counts[:, 1].max()) if b else 0
@@ -68,7 +58,7 @@ def cpu_decode_attention(
     k_scales = view.k_scales.view(groups, cap)[:, :n]
     centred = view.centred_keys()
     if centred is not None:
-        k_scales = k_scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+        k_scales = codec.scale_magnitudes(k_scales)
     coded = codec.attention_scores(
         q, view.k_codes.view(groups, cap, -1)[:, :n], k_scales, per_group,
         bits=view.k_bits, seed=view.k_seed, threads=threads,
@@ -97,7 +87,7 @@ def cpu_decode_attention(
     v_scales = view.v_scales.view(groups, cap)[:, :n]
     v_centred = view.centred_values()
     if v_centred is not None:
-        v_scales = v_scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
+        v_scales = codec.scale_magnitudes(v_scales)
     coded_weights = weights[:, :, :n]
     out = codec.attention_values(
         view.v_codes.view(groups, cap, -1)[:, :n], v_scales,

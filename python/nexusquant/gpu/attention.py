@@ -208,20 +208,20 @@ class PackedKV:
     def dequantize(self, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``(B, Hkv, L, d)`` of the model dtype in sequence order, zeros at
         padding positions (``backend`` as in :func:`nexusquant.codec.decode`)."""
-        from ..codec import decode  # noqa: PLC0415 - nexusquant.codec imports this package lazily
+        from ..codec import decode_groups  # noqa: PLC0415 - nexusquant.codec imports this lazily
 
         d, dtype, big_l, ss = self.head_dim, self.raw_k.dtype, self.length, self.sink_slots
         rows = self.counts().tolist()
+        b, hkv, tc = self.raw_k.shape[0], self.raw_k.shape[1], self.coded_tokens
 
         def full(codes, scales, bits, seed, raw, means):
-            centred = self._centred(means, scales)
-            if centred is not None:
-                scales = scales.view(torch.int16).bitwise_and(0x7FFF).view(torch.float16)
-            coded = decode(codes, scales, bits=bits, seed=seed, head_dim=d, dtype=torch.float32,
-                           backend=backend)
-            if centred is not None:
-                coded.addcmul_(centred.unsqueeze(-1).float(), means.float().unsqueeze(2))
-            coded = coded.to(dtype)
+            # The codec's centred decode: flagged rows get their centre (None: no centres).
+            coded = raw.new_empty(b, hkv, tc, d)
+            decode_groups(
+                codes.reshape(b * hkv, tc, -1), scales.reshape(b * hkv, tc),
+                coded.view(b * hkv, tc, d), bits=bits, seed=seed, backend=backend,
+                centres=None if means is None else means.float().reshape(b * hkv, d),
+            )
             out = raw.new_zeros(raw.shape[0], raw.shape[1], big_l, d)
             for r, (s, c, w) in enumerate(rows):
                 out[r, :, big_l - s - c - w :] = torch.cat(
@@ -233,6 +233,19 @@ class PackedKV:
             full(self.k_codes, self.k_scales, self.k_bits, self.k_seed, self.raw_k, self.k_means),
             full(self.v_codes, self.v_scales, self.v_bits, self.v_seed, self.raw_v, self.v_means),
         )
+
+
+def check_query(query: torch.Tensor, view: PackedKV) -> int:
+    """Validate ``view`` and a decode step's ``query`` ``(B, Hq, d)`` against it (Hq a multiple
+    of the KV heads); returns Hq."""
+    view.validate()
+    b, hkv, _, d = view.raw_k.shape
+    if query.dim() != 3 or query.shape[0] != b or query.shape[2] != d:
+        raise ShapeError(f"query must be (B={b}, Hq, d={d}), got shape {tuple(query.shape)}")
+    hq = query.shape[1]
+    if hq % hkv:
+        raise ShapeError(f"query heads ({hq}) must be a multiple of the KV heads ({hkv})")
+    return hq
 
 
 def attach_packed(key: torch.Tensor, view: PackedKV) -> torch.Tensor:
@@ -280,14 +293,9 @@ def attention_args(
     raw_mask: torch.Tensor | None = None,
 ) -> AttentionLaunch:
     """Validate the inputs and build the plan, the argument dictionaries and the output."""
-    view.validate()
+    hq = check_query(query, view)
     b, hkv, tr, d = view.raw_k.shape
     tc = view.coded_tokens
-    if query.dim() != 3 or query.shape[0] != b or query.shape[2] != d:
-        raise ShapeError(f"query must be (B={b}, Hq, d={d}), got shape {tuple(query.shape)}")
-    hq = query.shape[1]
-    if hq % hkv:
-        raise ShapeError(f"query heads ({hq}) must be a multiple of the KV heads ({hkv})")
     if query.dtype != view.raw_k.dtype:
         raise ShapeError(
             f"query dtype {query.dtype} must match the raw K/V dtype {view.raw_k.dtype}"
