@@ -19,59 +19,9 @@
 
 use half::f16;
 
-use super::e8::vdec_lanes;
-use super::lanes::{arr8, LaneF, LaneI, Simd, L};
+use super::decode::CodeLanes;
+use super::lanes::{LaneF, LaneI, Simd, L};
 use super::Codec;
-
-/// Code bytes of up to [`L`] tokens, `d·b/8 + 8` per lane so that every block is one 8-byte
-/// load; lanes past the last token hold zeros.
-struct Lanes {
-    bytes: Vec<u8>,
-    stride: usize,
-}
-
-impl Lanes {
-    fn new(cb: usize) -> Self {
-        Self {
-            bytes: vec![0; L * (cb + 8)],
-            stride: cb + 8,
-        }
-    }
-
-    /// Copies the codes of `codes.len() / cb` (at most [`L`]) tokens into the lanes.
-    fn load(&mut self, codes: &[u8], cb: usize) {
-        let n = codes.len() / cb;
-        for l in 0..L {
-            let dst = &mut self.bytes[l * self.stride..l * self.stride + cb];
-            if l < n {
-                dst.copy_from_slice(&codes[l * cb..(l + 1) * cb]);
-            } else {
-                dst.fill(0);
-            }
-        }
-    }
-
-    /// `P̂` of block `j` (quarter-units) for every lane.
-    #[inline(always)]
-    fn block<S: Simd>(&self, j: usize, b: u32) -> [S::I; 8] {
-        let at = j * b as usize;
-        let mut lo = [0i32; L];
-        let mut hi = [0i32; L];
-        for l in 0..L {
-            let src = &self.bytes[l * self.stride + at..l * self.stride + at + 8];
-            let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
-            lo[l] = w as u32 as i32;
-            hi[l] = (w >> (4 * b)) as u32 as i32;
-        }
-        let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
-        let mask = S::I::splat((1 << b) - 1);
-        let c: [S::I; 8] = arr8(|k| {
-            let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
-            (word >> (b * k as u32)) & mask
-        });
-        vdec_lanes::<S>(&c, b)
-    }
-}
 
 /// `m/4` of up to [`L`] fp16 scales (NaN kept; lanes past the last token 0).
 #[inline(always)]
@@ -96,7 +46,7 @@ pub(crate) fn scores_rows<S: Simd>(
     let p = codec.params();
     let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
     let g = rq.len() / d;
-    let mut lanes = Lanes::new(cb);
+    let mut lanes = CodeLanes::new(cb);
     let mut acc = vec![S::F::splat(0.0); g];
     // The queries coordinate-major, each value in every lane: ql[i·g + j] = rq[j·d + i].
     let ql: Vec<S::F> = (0..d * g)
@@ -142,7 +92,7 @@ pub(crate) fn values_rows<S: Simd>(
     let p = codec.params();
     let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
     let g = out.len() / d;
-    let mut lanes = Lanes::new(cb);
+    let mut lanes = CodeLanes::new(cb);
     // acc[j·d + i]: lane l holds token l's share of coordinate i of query j.
     let mut acc = vec![S::F::splat(0.0); g * d];
     let mut wl = vec![S::F::splat(0.0); g];

@@ -57,8 +57,60 @@ struct Scratch<S: Simd> {
     v: Vec<S::F>,
     /// The group's head-vectors in binary32, row after row.
     rows: Vec<f32>,
-    /// Each lane's code bytes, `d·b/8 + 8` per lane so that every block is one 8-byte load.
+    /// The group's code bytes, lane by lane.
+    lanes: CodeLanes,
+}
+
+/// Code bytes of up to [`L`] head-vectors, `d·b/8 + 8` per lane so that every block is one
+/// 8-byte load; lanes past the last vector hold zeros. Shared by the decoder and the attention
+/// kernels ([`attend`](super::attend)).
+pub(crate) struct CodeLanes {
     bytes: Vec<u8>,
+    stride: usize,
+}
+
+impl CodeLanes {
+    pub(crate) fn new(cb: usize) -> Self {
+        Self {
+            bytes: vec![0; L * (cb + 8)],
+            stride: cb + 8,
+        }
+    }
+
+    /// Copies the codes of `codes.len() / cb` (at most [`L`]) head-vectors into the lanes.
+    #[inline(always)]
+    pub(crate) fn load(&mut self, codes: &[u8], cb: usize) {
+        let n = codes.len() / cb;
+        for l in 0..L {
+            let dst = &mut self.bytes[l * self.stride..l * self.stride + cb];
+            if l < n {
+                dst.copy_from_slice(&codes[l * cb..(l + 1) * cb]);
+            } else {
+                dst.fill(0);
+            }
+        }
+    }
+
+    /// `P̂` of block `j` (quarter-units) for every lane.
+    #[inline(always)]
+    pub(crate) fn block<S: Simd>(&self, j: usize, b: u32) -> [S::I; 8] {
+        let at = j * b as usize;
+        let mut lo = [0i32; L];
+        let mut hi = [0i32; L];
+        for l in 0..L {
+            let src = &self.bytes[l * self.stride + at..l * self.stride + at + 8];
+            let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
+            lo[l] = w as u32 as i32;
+            hi[l] = (w >> (4 * b)) as u32 as i32;
+        }
+        let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
+        let mask = S::I::splat((1 << b) - 1);
+        let c: [S::I; 8] = arr8(|k| {
+            let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
+            (word >> (b * k as u32)) & mask
+        });
+        vdec_lanes::<S>(&c, b)
+    }
 }
 
 /// Decodes `scales.len()` rows of `codes` into `out`, [`L`] rows at a time. Lengths are the
@@ -79,7 +131,7 @@ pub(crate) fn decode_rows<S: Simd, T: Element>(
     let mut s = Scratch::<S> {
         v: vec![S::F::splat(0.0); d],
         rows: vec![0.0; L * d],
-        bytes: vec![0; L * (cb + 8)],
+        lanes: CodeLanes::new(cb),
     };
     for ((cg, sg), og) in codes
         .chunks(L * cb)
@@ -103,7 +155,6 @@ fn decode_group<S: Simd, T: Element>(
     let p = codec.params();
     let (d, b, cb) = (p.head_dim(), p.bits(), p.code_bytes());
     let n = scales.len();
-    let stride = cb + 8;
 
     let mut mf = [0f32; L];
     let mut centred = [0f32; L];
@@ -118,36 +169,10 @@ fn decode_group<S: Simd, T: Element>(
     let mf = S::F::from_array(mf);
     let nan = mf.eq(mf).not();
     let mf = nan.select(S::F::splat(0.0), mf);
-    for l in 0..L {
-        let dst = &mut s.bytes[l * stride..l * stride + cb];
-        if l < n {
-            dst.copy_from_slice(&codes[l * cb..(l + 1) * cb]);
-        } else {
-            dst.fill(0);
-        }
-    }
-
-    // Codes 0-3 of a block are its word's bits [0, 4b), codes 4-7 bits [4b, 8b): each half fits
-    // in 32 bits.
-    let mask = S::I::splat((1 << b) - 1);
+    s.lanes.load(codes, cb);
     let quarter = S::F::splat(0.25);
-    let half_bits = 4 * b;
     for j in 0..d / 8 {
-        let at = j * b as usize;
-        let mut lo = [0i32; L];
-        let mut hi = [0i32; L];
-        for l in 0..L {
-            let src = &s.bytes[l * stride + at..l * stride + at + 8];
-            let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
-            lo[l] = w as u32 as i32;
-            hi[l] = (w >> half_bits) as u32 as i32;
-        }
-        let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
-        let c: [S::I; 8] = arr8(|k| {
-            let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
-            (word >> (b * k as u32)) & mask
-        });
-        let p = vdec_lanes::<S>(&c, b);
+        let p = s.lanes.block::<S>(j, b);
         for (v, p) in s.v[8 * j..8 * j + 8].iter_mut().zip(&p) {
             *v = (p.to_f32() * quarter) * mf;
         }
