@@ -156,15 +156,15 @@ pub(crate) fn check_len(
 struct Scratch<S: Simd> {
     /// The rotated vectors, coordinate-major: `v[i]` holds coordinate `i` of each lane.
     v: Vec<S::F>,
-    /// The current candidate's reconstruction `ŷ = P̂ / 4`.
+    /// The three candidates' lattice points `Y` (half-units), `ys[t · d/8 + j][k][l]`:
+    /// coordinate `k` of block `j`, lane `l`. Every kept `Y` is valid, so its codebook point is
+    /// `P̂ = 2Y + 1` (quarter-units) and its code `COORDS(Y) & (q - 1)`.
+    ys: Vec<[[i32; L]; 8]>,
+    /// The current candidate's reconstruction `ŷ = P̂ / 4 = Y / 2 + ¼`.
     yhat: Vec<S::F>,
-    /// The three candidates' codes, `codes[t · d/8 + j][k][l]`: code `k` of block `j`, lane `l`.
-    codes: Vec<[[i32; L]; 8]>,
-    /// The three candidates' codebook points `P̂` (quarter-units), laid out as `codes`.
-    points: Vec<[[i32; L]; 8]>,
     /// The blocks of the group whose nearest point is not certainly valid, for the retries.
     queue: Vec<Pending>,
-    /// Scratch of `fold_lanes`.
+    /// Elements of the sums, for `fold_lanes` (two sums side by side).
     fold: Vec<S::F>,
     /// The group's head-vectors in binary32, row after row.
     rows: Vec<f32>,
@@ -197,11 +197,10 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
     let zero = S::F::splat(0.0);
     let mut s = Scratch::<S> {
         v: vec![zero; d],
+        ys: vec![[[0; L]; 8]; 3 * d / 8],
         yhat: vec![zero; d],
-        codes: vec![[[0; L]; 8]; 3 * d / 8],
-        points: vec![[[0; L]; 8]; 3 * d / 8],
         queue: Vec::with_capacity(3 * d),
-        fold: vec![zero; d.next_power_of_two() / 2],
+        fold: vec![zero; 2 * d.next_power_of_two()],
         rows: vec![0.0; L * d],
         bytes: vec![0; L * (cb + 8)],
     };
@@ -214,39 +213,36 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
     }
 }
 
-/// Codes, `P = 2Y + 1`, strictly-inside lanes and strictly-outside lanes (see [`nearest_lanes`]).
-type Nearest<S> = (
-    [<S as Simd>::I; 8],
-    [<S as Simd>::I; 8],
-    <S as Simd>::M,
-    <S as Simd>::M,
-);
+/// `Y`, strictly-inside lanes and strictly-outside lanes (see [`nearest_lanes`]).
+type Nearest<S> = ([<S as Simd>::I; 8], <S as Simd>::M, <S as Simd>::M);
 
-/// Lane-wise nearest point of `E8 + ¼` to `z`: codes, `P = 2Y + 1`, and the lanes where `P`
-/// is strictly inside the cell (valid: `P̂ = P`) or strictly outside (overload). Lanes in
-/// neither are on the cell's boundary and need the literal test `VDEC(code) == P`.
+/// Lane-wise nearest point of `E8 + ¼` to `z`: `Y = QE8(z - ¼)` (its point is `P = 2Y + 1`,
+/// quarter-units), and the lanes where `P` is strictly inside the cell (valid: `P̂ = P`) or
+/// strictly outside (overload). Lanes in neither are on the cell's boundary and need the
+/// literal test [`on_boundary_valid`].
 #[inline(always)]
 fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> Nearest<S> {
     let quarter = S::F::splat(0.25);
     let y = qe8_lanes::<S>(&arr8(|i| z[i] - quarter));
-    let code = code_lanes::<S>(&y, b);
-    let one = S::I::splat(1);
-    let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
     let (inside, outside) = cell_test::<S>(&y, b);
-    (code, p, inside, outside)
+    (y, inside, outside)
+}
+
+/// The literal overload test `VDEC(COORDS(Y) & (q - 1)) == 2Y + 1`, lane-wise.
+#[inline(always)]
+fn on_boundary_valid<S: Simd>(y: &[S::I; 8], b: u32) -> S::M {
+    let one = S::I::splat(1);
+    let got = vdec_lanes::<S>(&code_lanes::<S>(y, b), b);
+    let ok: [S::M; 8] = arr8(|i| got[i].eq((y[i] << 1) + one));
+    ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]))
 }
 
 /// The overload retries of §6 step 4 for every block in `queue`, [`L`] blocks at a time, each
-/// lane with its own `s`: a lane whose block found its first valid `s` writes that result to
-/// `codes` and `points` and takes the next block of the queue. Every block thus goes through
+/// lane with its own `s`: a lane whose block found its first valid `s` writes its `Y` to `ys`
+/// and takes the next block of the queue. Every block thus goes through
 /// exactly the `s` the spec tries for it, with no lane idling while others retry.
 #[inline(always)]
-fn drain_retries<S: Simd>(
-    queue: &[Pending],
-    b: u32,
-    codes: &mut [[[i32; L]; 8]],
-    points: &mut [[[i32; L]; 8]],
-) {
+fn drain_retries<S: Simd>(queue: &[Pending], b: u32, ys: &mut [[[i32; L]; 8]]) {
     let mut z = [[0f32; L]; 8];
     let mut step = [0i32; L];
     let mut item = [0usize; L];
@@ -274,19 +270,16 @@ fn drain_retries<S: Simd>(
         // β = (16 − s)/16: the division by 16 is exact, as is this product.
         let beta = (sixteen - S::I::from_array(step)).to_f32() * sixteenth;
         let zs: [S::F; 8] = arr8(|i| S::F::from_array(z[i]) * beta);
-        let (c, h, inside, outside) = nearest_lanes::<S>(&zs, b);
+        let (y, inside, outside) = nearest_lanes::<S>(&zs, b);
         let mut inside = inside.bits();
         let boundary = !(inside | outside.bits()) & active;
         if boundary != 0 {
-            // Rare: decide literally, P̂ = VDEC(code) against 2Y + 1.
-            let got = vdec_lanes::<S>(&c, b);
-            let ok: [S::M; 8] = arr8(|i| got[i].eq(h[i]));
-            let exact = ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]));
-            inside |= boundary & exact.bits();
+            // Rare: decide literally.
+            inside |= boundary & on_boundary_valid::<S>(&y, b).bits();
         }
         let mut done = inside & active;
         if done != 0 {
-            let (c, h) = (arr8(|k| c[k].to_array()), arr8(|k| h[k].to_array()));
+            let y = arr8(|k| y[k].to_array());
             active &= !done;
             while done != 0 {
                 let l = done.trailing_zeros() as usize;
@@ -294,8 +287,7 @@ fn drain_retries<S: Simd>(
                 let q = &queue[item[l]];
                 let (at, lane) = (q.at as usize, usize::from(q.lane));
                 for k in 0..8 {
-                    codes[at][k][lane] = c[k][l];
-                    points[at][k][lane] = h[k][l];
+                    ys[at][k][lane] = y[k][l];
                 }
             }
         }
@@ -346,8 +338,10 @@ fn encode_group<S: Simd, T: Element>(
     // Steps 2-3: rotate, squared norm, rms. Special lanes are zeroed so that every lane
     // computes on finite values; their results are replaced at the end.
     codec.rotation().forward_lanes::<S>(&mut s.v);
-    let v = &s.v;
-    let ss = fold_lanes::<S>(d, |i| v[i] * v[i], &mut s.fold);
+    for (f, v) in s.fold.iter_mut().zip(&s.v) {
+        *f = *v * *v;
+    }
+    let ss = fold_lanes::<S>(&mut s.fold, d);
     let rms = ss.div(S::F::splat(d as f32)).sqrt();
     let nan = finite.not() | ss.is_finite().not();
     let zero_vec = (ss.eq(zero) | rms.eq(zero)).and_not(nan);
@@ -367,12 +361,12 @@ fn encode_group<S: Simd, T: Element>(
     s.queue.clear();
     for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
         let u = S::F::splat(alpha).div(rms);
-        for j in 0..nb {
+        let ys = &mut s.ys[t * nb..(t + 1) * nb];
+        for (j, (vb, yb)) in s.v.chunks_exact(8).zip(ys.iter_mut()).enumerate() {
             let at = t * nb + j;
-            let z: [S::F; 8] = arr8(|i| s.v[8 * j + i] * u);
-            let (code, p, inside, outside) = nearest_lanes::<S>(&z, b);
-            s.codes[at] = arr8(|k| code[k].to_array());
-            s.points[at] = arr8(|k| p[k].to_array());
+            let z: [S::F; 8] = arr8(|i| vb[i] * u);
+            let (y, inside, outside) = nearest_lanes::<S>(&z, b);
+            *yb = arr8(|k| y[k].to_array());
             let mut pending = inside.not().bits();
             if pending != 0 {
                 let (zl, outside) = (arr8(|i| z[i].to_array()), outside.bits());
@@ -390,21 +384,25 @@ fn encode_group<S: Simd, T: Element>(
             }
         }
     }
-    drain_retries::<S>(&s.queue, b, &mut s.codes, &mut s.points);
-    let quarter = S::F::splat(0.25);
+    drain_retries::<S>(&s.queue, b, &mut s.ys);
     let mut best_err = zero;
     let mut best_t = S::I::splat(0);
     let mut best_mh = [0u16; L];
     for t in 0..3 {
-        let points = &s.points[t * nb..(t + 1) * nb];
-        for (j, p) in points.iter().enumerate() {
-            for (y, p) in s.yhat[8 * j..8 * j + 8].iter_mut().zip(p) {
-                *y = S::I::from_array(*p).to_f32() * quarter;
+        let ys = &s.ys[t * nb..(t + 1) * nb];
+        // ŷ = Y / 2 + ¼ is exact in binary32 for these small integers.
+        let (half, quarter) = (S::F::splat(0.5), S::F::splat(0.25));
+        for (yh, y) in s.yhat.chunks_exact_mut(8).zip(ys) {
+            for (yh, y) in yh.iter_mut().zip(y) {
+                *yh = S::I::from_array(*y).to_f32() * half + quarter;
             }
         }
-        let (v, yhat) = (&s.v, &s.yhat);
-        let num = fold_lanes::<S>(d, |i| v[i] * yhat[i], &mut s.fold);
-        let den = fold_lanes::<S>(d, |i| yhat[i] * yhat[i], &mut s.fold);
+        let (fa, fb) = s.fold.split_at_mut(d.next_power_of_two());
+        for (((a, b), v), y) in fa.iter_mut().zip(fb.iter_mut()).zip(&s.v).zip(&s.yhat) {
+            *a = *v * *y;
+            *b = *y * *y;
+        }
+        let (num, den) = (fold_lanes::<S>(fa, d), fold_lanes::<S>(fb, d));
         let m = den.eq(zero).select(zero, num.div(den)).to_array();
         let mut mh = [0u16; L];
         let mut mf = [0f32; L];
@@ -412,14 +410,11 @@ fn encode_group<S: Simd, T: Element>(
             (mh[l], mf[l]) = scale_to_fp16(m[l]);
         }
         let mf = S::F::from_array(mf);
-        let err = fold_lanes::<S>(
-            d,
-            |i| {
-                let r = v[i] - mf * yhat[i];
-                r * r
-            },
-            &mut s.fold,
-        );
+        for ((f, v), y) in s.fold.iter_mut().zip(&s.v).zip(&s.yhat) {
+            let r = *v - mf * *y;
+            *f = r * r;
+        }
+        let err = fold_lanes::<S>(&mut s.fold, d);
         let better = if t == 0 {
             S::M::splat(true)
         } else {
@@ -440,15 +435,16 @@ fn encode_group<S: Simd, T: Element>(
     let stride = cb + 8;
     let half_bits = 4 * b;
     for j in 0..nb {
-        let (c0, c1, c2) = (&s.codes[j], &s.codes[nb + j], &s.codes[2 * nb + j]);
-        let c: [S::I; 8] = arr8(|k| {
-            let (c0, c1, c2) = (
-                S::I::from_array(c0[k]),
-                S::I::from_array(c1[k]),
-                S::I::from_array(c2[k]),
+        let (y0, y1, y2) = (&s.ys[j], &s.ys[nb + j], &s.ys[2 * nb + j]);
+        let y: [S::I; 8] = arr8(|k| {
+            let (y0, y1, y2) = (
+                S::I::from_array(y0[k]),
+                S::I::from_array(y1[k]),
+                S::I::from_array(y2[k]),
             );
-            is2.select_i(c2, is1.select_i(c1, c0))
+            is2.select_i(y2, is1.select_i(y1, y0))
         });
+        let c = code_lanes::<S>(&y, b);
         let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
         let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
         let (lo, hi) = (lo.to_array(), hi.to_array());

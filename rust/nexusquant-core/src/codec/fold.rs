@@ -23,28 +23,37 @@ pub(crate) fn fold8_lanes<S: Simd>(a: &[S::F; 8]) -> S::F {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// `FOLD` of the `n >= 2` lane vectors `elem(0), …, elem(n - 1)`, per lane, using `scratch`
-/// (at least `n.next_power_of_two() / 2` long). The first halving step is fused with producing
-/// the elements; a padding `+0.0` is still added where the spec adds it (it turns `-0.0` into
-/// `+0.0`).
+/// `FOLD` of the `n >= 2` lane vectors `s[..n]`, per lane, computed in place: `s` must be at
+/// least `n.next_power_of_two()` long and its contents are overwritten. A padding `+0.0` is
+/// still added where the spec adds it (it turns `-0.0` into `+0.0`).
+///
+/// The elements are written to `s` by the caller's own loop rather than produced by a closure:
+/// a closure is a function of its own without the caller's target features, and when the
+/// optimiser declines to inline it every SIMD operation inside becomes a call.
 #[inline(always)]
-pub(crate) fn fold_lanes<S: Simd>(
-    n: usize,
-    elem: impl Fn(usize) -> S::F,
-    scratch: &mut [S::F],
-) -> S::F {
-    let mut half = n.next_power_of_two() / 2;
-    let s = &mut scratch[..half];
-    for (i, x) in s[..n - half].iter_mut().enumerate() {
-        *x = elem(i) + elem(i + half);
+pub(crate) fn fold_lanes<S: Simd>(s: &mut [S::F], n: usize) -> S::F {
+    let half = n.next_power_of_two() / 2;
+    let (lo, hi) = s[..2 * half].split_at_mut(half);
+    let (full, padded) = lo.split_at_mut(n - half);
+    for (a, b) in full.iter_mut().zip(&hi[..n - half]) {
+        *a = *a + *b;
     }
-    for (i, x) in s.iter_mut().enumerate().skip(n - half) {
-        *x = elem(i) + S::F::splat(0.0);
+    for a in padded {
+        *a = *a + S::F::splat(0.0);
     }
+    halve::<S>(lo)
+}
+
+/// The halving steps of `FOLD` on `s` (a power of two long, at least 1): upper half onto lower
+/// half until one vector is left.
+#[inline(always)]
+fn halve<S: Simd>(s: &mut [S::F]) -> S::F {
+    let mut half = s.len();
     while half > 1 {
         half /= 2;
-        for i in 0..half {
-            s[i] = s[i] + s[i + half];
+        let (lo, hi) = s[..2 * half].split_at_mut(half);
+        for (a, b) in lo.iter_mut().zip(hi.iter()) {
+            *a = *a + *b;
         }
     }
     s[0]
@@ -77,18 +86,22 @@ mod tests {
                 ((i * 7919 % 1000) as f32 - 500.0) * 1.37e-3 + big
             })
             .collect();
-        let mut scratch = vec![S::F::splat(0.0); 512];
+        let mut scratch = vec![S::F::splat(0.0); 1024];
         let elem = |i: usize| -> [f32; L] {
             core::array::from_fn(|l| vals[(i + l) % 1024] * (l as f32 + 1.0))
         };
         for n in 2..=1024 {
-            let got = fold_lanes::<S>(n, |i| S::F::from_array(elem(i)), &mut scratch).to_array();
+            for (i, x) in scratch[..n].iter_mut().enumerate() {
+                *x = S::F::from_array(elem(i));
+            }
+            let got = fold_lanes::<S>(&mut scratch, n).to_array();
             for (l, g) in got.iter().enumerate() {
                 let col: Vec<f32> = (0..n).map(|i| elem(i)[l]).collect();
                 assert_eq!(g.to_bits(), fold(&col).to_bits(), "n={n} lane={l}");
             }
         }
-        let z = fold_lanes::<S>(3, |_| S::F::splat(-0.0), &mut scratch);
+        scratch[..3].fill(S::F::splat(-0.0));
+        let z = fold_lanes::<S>(&mut scratch, 3);
         assert_eq!(z.to_array()[0].to_bits(), 0);
         let e: [S::F; 8] = core::array::from_fn(|i| S::F::splat(vals[i * 100]));
         let want = fold(&core::array::from_fn::<f32, 8, _>(|i| vals[i * 100]));
