@@ -184,60 +184,40 @@ fn fwht_lanes<S: Simd>(
     pre: impl Fn(usize, S::F) -> S::F,
     post: impl Fn(usize, S::F) -> S::F,
 ) {
-    let log = w.len().trailing_zeros() as usize;
-    let id = |_: usize, x: S::F| x;
-    // Radices of the passes, in order: radix 8 while three stages remain, then 4 or 2.
-    let passes = log.div_ceil(3);
-    let radix_at = |k: usize| -> usize {
-        if k < log / 3 {
-            8
-        } else {
-            1 << (log % 3)
-        }
-    };
-    let mut h = 1;
-    for k in 0..passes {
-        let r = radix_at(k);
-        match (k == 0, k + 1 == passes) {
-            (true, true) => radix_pass::<S>(w, h, r, &pre, &post),
-            (true, false) => radix_pass::<S>(w, h, r, &pre, &id),
-            (false, true) => radix_pass::<S>(w, h, r, &id, &post),
-            (false, false) => radix_pass::<S>(w, h, r, &id, &id),
-        }
-        h *= r;
+    for (i, x) in w.iter_mut().enumerate() {
+        *x = pre(i, *x);
     }
-}
-
-#[inline(always)]
-fn radix_pass<S: Simd>(
-    w: &mut [S::F],
-    h: usize,
-    r: usize,
-    pre: &impl Fn(usize, S::F) -> S::F,
-    post: &impl Fn(usize, S::F) -> S::F,
-) {
-    match r {
-        8 => radix::<S, 8>(w, h, pre, post),
-        4 => radix::<S, 4>(w, h, pre, post),
-        _ => radix::<S, 2>(w, h, pre, post),
+    let log = w.len().trailing_zeros() as usize;
+    let mut h = 1;
+    // Radix 8 while three stages remain, then one pass of radix 4 or 2.
+    for _ in 0..log / 3 {
+        radix::<S, 8>(w, h);
+        h *= 8;
+    }
+    match log % 3 {
+        2 => radix::<S, 4>(w, h),
+        1 => radix::<S, 2>(w, h),
+        _ => {}
+    }
+    for (i, x) in w.iter_mut().enumerate() {
+        *x = post(i, *x);
     }
 }
 
 /// One pass of `log2(R)` consecutive stages `h, 2h, …` on groups of `R` values at stride `h`.
 #[inline(always)]
-fn radix<S: Simd, const R: usize>(
-    w: &mut [S::F],
-    h: usize,
-    pre: &impl Fn(usize, S::F) -> S::F,
-    post: &impl Fn(usize, S::F) -> S::F,
-) {
-    let n = w.len();
-    for base in (0..n).step_by(R * h) {
-        for j in base..base + h {
-            let mut a = [S::F::splat(0.0); R];
-            for (k, x) in a.iter_mut().enumerate() {
-                *x = pre(j + k * h, w[j + k * h]);
-            }
+fn radix<S: Simd, const R: usize>(w: &mut [S::F], h: usize) {
+    for group in w.chunks_exact_mut(R * h) {
+        // The group as R rows of h values: row k holds the values at j + k·h.
+        let mut rows: [&mut [S::F]; R] = core::array::from_fn(|_| &mut [][..]);
+        let mut rest = group;
+        for row in rows.iter_mut() {
+            let (head, tail) = rest.split_at_mut(h);
+            *row = head;
+            rest = tail;
+        }
+        for j in 0..h {
+            let mut a: [S::F; R] = core::array::from_fn(|k| rows[k][j]);
             let mut s = 1;
             while s < R {
                 for k in 0..R {
@@ -249,8 +229,8 @@ fn radix<S: Simd, const R: usize>(
                 }
                 s *= 2;
             }
-            for (k, &x) in a.iter().enumerate() {
-                w[j + k * h] = post(j + k * h, x);
+            for (row, x) in rows.iter_mut().zip(a) {
+                row[j] = x;
             }
         }
     }
