@@ -519,3 +519,24 @@ def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
     assert torch.equal(again.layers[0].key_scales.view(torch.int16)[:, :, :c], view.key_scales.view(torch.int16)[:, :, :c])
     k2, _ = again.update(k[:, :, 69:70], v[:, :, 69:70], 0)
     torch.testing.assert_close(k2[:, :, : seq - 1], keys[:, :, : seq - 1], rtol=0, atol=0, equal_nan=True)
+
+
+def test_codec_calls_of_the_cache_use_the_configured_threads(monkeypatch):
+    seen = []
+    for name in ("encode_groups", "decode_groups"):
+        real = getattr(codec, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs.get("threads"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(codec, name, spy)
+    cfg = make_tiny_llama_config(layers=1)
+    k, v = states(1, cfg.num_key_value_heads, 12, cfg.head_dim, seed=13)
+    for threads in (1, 2):
+        monkeypatch.setattr(cache_layer, "CODEC_THREADS", threads)
+        seen.clear()
+        cache = NexusQuantCache(cfg, 3, 2, sink_tokens=0, window=0, block=1)
+        cache.update(k[:, :, :10], v[:, :, :10], 0)
+        cache.update(k[:, :, 10:11], v[:, :, 10:11], 0)
+        assert seen and set(seen) == {threads}

@@ -66,6 +66,16 @@ from ..errors import InvalidArgumentError, ShapeError
 #: the Rust core on CPU and the CUDA kernels on GPU; ``"reference"``: the pure-torch oracle).
 CODEC_BACKEND: Backend | None = None
 
+#: Threads of the codec calls the cache makes while the model runs (decoding for attention,
+#: coding new tokens, the fused CPU attention): ``1`` runs them on the calling thread, ``None``
+#: on every core. The model's own operations already use the cores through torch's thread
+#: pool, and at these sizes (a few thousand head-vectors per call) a second pool beside it
+#: costs more than it gains. Measured inside SmolLM2-135M's decode steps at 2k tokens of
+#: context on 2 cores: one layer's keys decoded in 0.93-1.07 ms on one thread, 1.42-1.48 ms on
+#: both; ``nexusquant eval --parts speed``, K3V2 defaults: 4.18 tokens/s against 3.52 with
+#: every codec call on both cores.
+CODEC_THREADS: int | None = 1
+
 #: Smallest growth step of a buffer, in tokens.
 GROWTH_MIN_TOKENS = 64
 #: Buffers grow by ``capacity // GROWTH_DIVISOR`` (at least GROWTH_MIN_TOKENS) when full.
@@ -559,6 +569,7 @@ class NexusQuantLayer(CacheLayerMixin):
                     dst.view(g, total, dim)[:, at : at + plan.coded],
                     bits=bits,
                     seed=self.seed,
+                    threads=CODEC_THREADS,
                     backend=CODEC_BACKEND,
                     centres=means[rows].reshape(g, dim).float(),
                 )
@@ -602,7 +613,9 @@ class NexusQuantLayer(CacheLayerMixin):
             if plan.coded == 0:
                 means[rows] = self._centre_of(x).view_as(means[rows])
             x, centred = self._centred(x, means[rows].reshape(g, 1, -1))
-            codec.encode_groups(x, code_view, scale_view, bits=bits, seed=self.seed, backend=CODEC_BACKEND)
+            codec.encode_groups(
+                x, code_view, scale_view, bits=bits, seed=self.seed, threads=CODEC_THREADS, backend=CODEC_BACKEND
+            )
             if unbiased:
                 self._unbias_scales(x, code_view, scale_view, bits)
             scale_view.view(torch.int16).bitwise_or_(centred.to(torch.int16) * -0x8000)
@@ -632,7 +645,9 @@ class NexusQuantLayer(CacheLayerMixin):
         """
         xf = x.float()
         decoded = torch.empty(xf.shape, dtype=torch.float32, device=xf.device)
-        codec.decode_groups(codes, scales, decoded, bits=bits, seed=self.seed, backend=CODEC_BACKEND)
+        codec.decode_groups(
+            codes, scales, decoded, bits=bits, seed=self.seed, threads=CODEC_THREADS, backend=CODEC_BACKEND
+        )
         num = (xf * xf).sum(-1)
         den = (xf * decoded).sum(-1)
         ok = (den > 0) & torch.isfinite(num) & torch.isfinite(den)
@@ -689,4 +704,4 @@ class NexusQuantLayer(CacheLayerMixin):
         )
 
 
-__all__ = ["NexusQuantLayer", "PackedLayerView", "CODEC_BACKEND", "centred_flags"]
+__all__ = ["NexusQuantLayer", "PackedLayerView", "CODEC_BACKEND", "CODEC_THREADS", "centred_flags"]

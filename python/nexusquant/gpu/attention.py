@@ -495,10 +495,12 @@ def nexusquant_attention(
     )
     masks = segment_masks(view, attention_mask) if plain else None
     if masks is not None and query.device.type == "cpu":
-        from ..cache.attention_cpu import cpu_decode_attention  # noqa: PLC0415 - cache imports gpu
+        from ..cache import layer as cache_layer  # noqa: PLC0415 - cache imports gpu
+        from ..cache.attention_cpu import cpu_decode_attention  # noqa: PLC0415
 
         out = cpu_decode_attention(
-            query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1]
+            query[:, :, 0, :], view, scale, coded_mask=masks[0], raw_mask=masks[1],
+            threads=cache_layer.CODEC_THREADS,
         )
         return out.unsqueeze(1), None
     if masks is not None and query.is_cuda:
