@@ -72,8 +72,9 @@ CODEC_BACKEND: Backend | None = None
 #: pool, and at these sizes (a few thousand head-vectors per call) a second pool beside it
 #: costs more than it gains. Measured inside SmolLM2-135M's decode steps at 2k tokens of
 #: context on 2 cores: one layer's keys decoded in 0.93-1.07 ms on one thread, 1.42-1.48 ms on
-#: both; ``nexusquant eval --parts speed``, K3V2 defaults: 4.18 tokens/s against 3.52 with
-#: every codec call on both cores.
+#: both. Whole decode steps (K3V2, tokens/s): in one process, caches alternating, 3.95 vs 3.86
+#: with the defaults and 3.74 vs 3.43 with ``window=0``; in separate ``nexusquant eval --parts
+#: speed`` runs, 4.18 vs 3.52 with the defaults (that box's run-to-run noise is ~10 %).
 CODEC_THREADS: int | None = 1
 
 #: Smallest growth step of a buffer, in tokens.
