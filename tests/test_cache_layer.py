@@ -34,9 +34,9 @@ def roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
 def centred_roundtrip(x: torch.Tensor, bits: int, first: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
     """What the cache decodes for keys or values ``x`` of rows whose first coded vectors were
     ``first``: the codec's round trip of what is coded (``x`` or ``x - centre``, see
-    ``conftest.centred``), plus the centre where it was centred. ``unbiased`` (values coded with
-    fewer bits than the keys): each scale multiplied by |r|² / <r, r̂> for the coded vector r
-    (r̂ its codec round trip), rounded to fp16."""
+    ``conftest.centred``), plus the centre where it was centred. ``unbiased`` (keys, and values
+    coded with fewer bits than the keys): each scale multiplied by |r|² / <r, r̂> for the coded
+    vector r (r̂ its codec round trip), rounded to fp16."""
     coded, use, centre = centred(x, first)
     c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND)
     if unbiased:
@@ -125,8 +125,8 @@ def test_attention_sees_exact_sinks_window_and_new_tokens_and_decoded_codes():
     assert cache.layers[0].packed_view().lengths.tolist() == [[2, 12, 6]]
     keys, values = cache.update(k[:, :, 20:], v[:, :, 20:], 0)
     assert torch.equal(keys[:, :, :2], k[:, :, :2])
-    assert torch.equal(keys[:, :, 2:14], centred_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14]))
-    # K4V3: values carry the unbiased scale (see test_values_get_the_unbiased_scale...).
+    assert torch.equal(keys[:, :, 2:14], centred_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14], unbiased=True))
+    # K4V3: keys, and values with fewer bits, carry the unbiased scale (see test_..._unbiased_scale...).
     assert torch.equal(values[:, :, 2:14], centred_roundtrip(v[:, :, 2:14], 3, v[:, :, 2:14], unbiased=True))
     assert torch.equal(keys[:, :, 14:], k[:, :, 14:]) and torch.equal(values[:, :, 14:], v[:, :, 14:])
 
@@ -159,7 +159,7 @@ def test_block_one_window_zero_codes_every_token_on_arrival():
     cache.update(k[:, :, :5], v[:, :, :5], 0)
     assert cache.layers[0].packed_view().lengths.tolist() == [[0, 5, 0]] * 2
     keys, _ = cache.update(k[:, :, 5:], v[:, :, 5:], 0)
-    assert torch.equal(keys[:, :, :5], centred_roundtrip(k[:, :, :5], 2, k[:, :, :5]))
+    assert torch.equal(keys[:, :, :5], centred_roundtrip(k[:, :, :5], 2, k[:, :, :5], unbiased=True))
     assert cache.memory_report().allocated["window"] == 0
     assert cache.memory_report().allocated["sinks"] == 0
 
@@ -448,31 +448,39 @@ def test_cuda_cache_generates_and_reports_the_allocator_delta():
 
 
 @pytest.mark.parametrize("key_bits, value_bits", [(3, 2), (4, 2), (4, 3), (3, 3), (2, 2), (2, 3)])
-def test_values_get_the_unbiased_scale_when_keys_have_more_bits(key_bits, value_bits):
+def test_keys_and_values_with_fewer_bits_than_the_keys_get_the_unbiased_scale(key_bits, value_bits):
     cfg = make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1)
     cache = NexusQuantCache(cfg, key_bits, value_bits, sink_tokens=0, window=0, block=1)
     k, v = states(2, 2, 50, 64, seed=9)
     v[0, 0, 3] = float("nan")  # a NaN vector keeps its NaN scale
     v[1, 1, 5] = 0.0  # a zero vector keeps its zero scale
+    k[1, 0, 7] = float("inf")
     cache.update(k, v, 0)
     view = cache.layers[0].packed_view()
-    finite = torch.isfinite(v).all(-1, keepdim=True)  # the centre: mean of the finite vectors
-    r, _, _ = centred(v, torch.where(finite, v, 0).sum(2, keepdim=True) / finite.sum(2, keepdim=True))
-    ref_codes, ref_scales = codec.encode(r, value_bits, 0, backend=cache_layer.CODEC_BACKEND)
-    assert torch.equal(view.value_codes[:, :, :50], ref_codes)  # the codes are the codec's
-    assert torch.equal(view.key_scales[:, :, :50].abs(), codec.encode(centred(k, k)[0], key_bits, 0)[1])
-    scales = view.value_scales[:, :, :50].abs()
-    decoded = codec.decode(view.value_codes[:, :, :50], scales, bits=value_bits,
-                           seed=0, head_dim=64, dtype=torch.float32, backend=cache_layer.CODEC_BACKEND)
+
+    def check(x, codes, stored, bits, unbiased, special):
+        finite = torch.isfinite(x).all(-1, keepdim=True)  # the centre: mean of the finite vectors
+        r, _, _ = centred(x, torch.where(finite, x, 0).sum(2, keepdim=True) / finite.sum(2, keepdim=True))
+        ref_codes, ref_scales = codec.encode(r, bits, 0, backend=cache_layer.CODEC_BACKEND)
+        assert torch.equal(codes[:, :, :50], ref_codes)  # the codes are the codec's
+        scales = stored[:, :, :50].abs()
+        decoded = codec.decode(codes[:, :, :50], scales, bits=bits, seed=0, head_dim=64,
+                               dtype=torch.float32, backend=cache_layer.CODEC_BACKEND)
+        ok = torch.ones(2, 2, 50, dtype=torch.bool)
+        for at in special:
+            ok[at] = False
+        along = ((decoded * r).sum(-1) / (r * r).sum(-1))[ok]  # <r̂, r> / |r|² of the coded vectors
+        if unbiased:
+            torch.testing.assert_close(along, torch.ones_like(along), rtol=0, atol=2e-3)
+            torch.testing.assert_close(scales[~ok], ref_scales.abs()[~ok], rtol=0, atol=0, equal_nan=True)
+        else:
+            torch.testing.assert_close(scales, ref_scales.abs(), rtol=0, atol=0, equal_nan=True)
+            assert along.mean() < 1 - 0.5 / 10 ** (6.02 * bits / 10)  # LS shrinks by ~1/SQNR
+
+    check(k, view.key_codes, view.key_scales, key_bits, True, [(1, 0, 7)])
+    assert torch.isnan(view.key_scales[1, 0, 7])
+    check(v, view.value_codes, view.value_scales, value_bits, value_bits < key_bits, [(0, 0, 3), (1, 1, 5)])
     assert torch.isnan(view.value_scales[0, 0, 3]) and view.value_scales[1, 1, 5] == 0
-    ok = torch.ones(2, 2, 50, dtype=torch.bool)
-    ok[0, 0, 3] = ok[1, 1, 5] = False
-    along = ((decoded * r).sum(-1) / (r * r).sum(-1))[ok]  # <r̂, r> / |r|² of the coded vectors
-    if value_bits < key_bits:
-        torch.testing.assert_close(along, torch.ones_like(along), rtol=0, atol=2e-3)
-    else:
-        torch.testing.assert_close(scales, ref_scales.abs(), rtol=0, atol=0, equal_nan=True)
-        assert along.mean() < 1 - 0.5 / 10 ** (6.02 * value_bits / 10)  # LS shrinks by ~1/SQNR
 
 
 def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
@@ -508,6 +516,7 @@ def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
     err = (decoded - k[:, :, :c]).float().norm(dim=-1)
     err[1, 0, 2] = 0
     plain = roundtrip(k[:, :, :c], 3)
+    plain = plain * ((k[:, :, :c] ** 2).sum(-1) / (k[:, :, :c] * plain).sum(-1))[..., None]  # unbiased scale
     plain_err = (plain - k[:, :, :c]).norm(dim=-1)
     plain_err[1, 0, 2] = 0
     # Centred keys are coded with the error of their own, much smaller, spread.
