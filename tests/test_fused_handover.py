@@ -1,8 +1,9 @@
 """The cache's hand-over to nexusquant's attention function (``docs/gpu.md``, "Hand-over from
 the cache"), checked on the CPU: on single-token decode steps ``NexusQuantCache.update`` returns
 the raw sink/window slots with the layer's PackedKV attached instead of decoded K/V, and
-``nexusquant_attention`` (SDPA on the dequantised view off the GPU) gives the same generations
-as the cache's own decode path. The fused kernel itself runs in ``tests/test_gpu.py``.
+``nexusquant_attention`` (on the CPU: scores and value sums straight from the codes,
+``nexusquant.cache.attention_cpu``) gives the same generations as the cache's own decode path.
+The CUDA kernels themselves run in ``tests/test_gpu.py``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import pytest
 import torch
 from conftest import left_pad, make_tiny_llama, random_prompt
 
-from nexusquant import NexusQuantCache, compress_kv_cache, gpu
+from nexusquant import NexusQuantCache, codec, compress_kv_cache, gpu
 from nexusquant._hf import cache_kwarg
 from nexusquant.cache import NexusQuantLayer
+from nexusquant.cache import layer as cache_layer
 from nexusquant.errors import InvalidArgumentError
 from nexusquant.gpu import attention
 
@@ -142,3 +144,23 @@ def test_attention_argument_is_checked():
     with pytest.raises(InvalidArgumentError, match="attention='fused' needs the model's config"):
         compress_kv_cache(source, attention="fused")
     assert not compress_kv_cache(source).hands_over()
+
+
+def test_cpu_fused_attention_runs_the_codec_on_the_configured_threads(monkeypatch):
+    seen = []
+    for name in ("attention_scores", "attention_values"):
+        real = getattr(codec, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("threads")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(codec, name, spy)
+    model = fused_model()
+    prompt = random_prompt(30, seed=6)
+    for threads in (1, None):
+        monkeypatch.setattr(cache_layer, "CODEC_THREADS", threads)
+        seen.clear()
+        generate(model, prompt, NexusQuantCache(model.config, **SETTINGS), new=3)
+        # 2 layers x 2 decode steps, one scores and one values call each
+        assert sorted(seen) == [("attention_scores", threads)] * 4 + [("attention_values", threads)] * 4
