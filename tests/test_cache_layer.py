@@ -34,9 +34,9 @@ def roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
 def centred_roundtrip(x: torch.Tensor, bits: int, first: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
     """What the cache decodes for keys or values ``x`` of rows whose first coded vectors were
     ``first``: the codec's round trip of what is coded (``x`` or ``x - centre``, see
-    ``conftest.centred``), plus the centre where it was centred. ``unbiased`` (keys, and values
-    coded with fewer bits than the keys): each scale multiplied by |r|² / <r, r̂> for the coded
-    vector r (r̂ its codec round trip), rounded to fp16."""
+    ``conftest.centred``), plus the centre where it was centred. ``unbiased`` (values coded with
+    fewer bits than the keys; keys of a layer without sinks or window): each scale multiplied by
+    |r|² / <r, r̂> for the coded vector r (r̂ its codec round trip), rounded to fp16."""
     coded, use, centre = centred(x, first)
     c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND)
     if unbiased:
@@ -125,8 +125,9 @@ def test_attention_sees_exact_sinks_window_and_new_tokens_and_decoded_codes():
     assert cache.layers[0].packed_view().lengths.tolist() == [[2, 12, 6]]
     keys, values = cache.update(k[:, :, 20:], v[:, :, 20:], 0)
     assert torch.equal(keys[:, :, :2], k[:, :, :2])
-    assert torch.equal(keys[:, :, 2:14], centred_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14], unbiased=True))
-    # K4V3: keys, and values with fewer bits, carry the unbiased scale (see test_..._unbiased_scale...).
+    # Exact sinks and window: the keys keep the codec's scale; K4V3: the values carry the unbiased
+    # one (see test_values_with_fewer_bits_and_keys_of_fully_coded_layers_get_the_unbiased_scale).
+    assert torch.equal(keys[:, :, 2:14], centred_roundtrip(k[:, :, 2:14], 4, k[:, :, 2:14]))
     assert torch.equal(values[:, :, 2:14], centred_roundtrip(v[:, :, 2:14], 3, v[:, :, 2:14], unbiased=True))
     assert torch.equal(keys[:, :, 14:], k[:, :, 14:]) and torch.equal(values[:, :, 14:], v[:, :, 14:])
 
@@ -448,17 +449,23 @@ def test_cuda_cache_generates_and_reports_the_allocator_delta():
 
 
 @pytest.mark.parametrize("key_bits, value_bits", [(3, 2), (4, 2), (4, 3), (3, 3), (2, 2), (2, 3)])
-def test_keys_and_values_with_fewer_bits_than_the_keys_get_the_unbiased_scale(key_bits, value_bits):
+@pytest.mark.parametrize("sinks, window", [(0, 0), (0, 8), (2, 0)])
+def test_values_with_fewer_bits_and_keys_of_fully_coded_layers_get_the_unbiased_scale(
+    key_bits, value_bits, sinks, window
+):
     cfg = make_tiny_llama_config(head_dim=64, num_kv_heads=2, layers=1)
-    cache = NexusQuantCache(cfg, key_bits, value_bits, sink_tokens=0, window=0, block=1)
-    k, v = states(2, 2, 50, 64, seed=9)
-    v[0, 0, 3] = float("nan")  # a NaN vector keeps its NaN scale
-    v[1, 1, 5] = 0.0  # a zero vector keeps its zero scale
-    k[1, 0, 7] = float("inf")
+    cache = NexusQuantCache(cfg, key_bits, value_bits, sink_tokens=sinks, window=window, block=1)
+    k, v = states(2, 2, sinks + 50 + window, 64, seed=9)
+    coded = slice(sinks, sinks + 50)  # the tokens between the sinks and the window
+    v[0, 0, sinks + 3] = float("nan")  # a NaN vector keeps its NaN scale
+    v[1, 1, sinks + 5] = 0.0  # a zero vector keeps its zero scale
+    k[1, 0, sinks + 7] = float("inf")
     cache.update(k, v, 0)
     view = cache.layers[0].packed_view()
+    assert view.lengths.tolist() == [[sinks, 50, window]] * 2
 
     def check(x, codes, stored, bits, unbiased, special):
+        x = x[:, :, coded]
         finite = torch.isfinite(x).all(-1, keepdim=True)  # the centre: mean of the finite vectors
         r, _, _ = centred(x, torch.where(finite, x, 0).sum(2, keepdim=True) / finite.sum(2, keepdim=True))
         ref_codes, ref_scales = codec.encode(r, bits, 0, backend=cache_layer.CODEC_BACKEND)
@@ -477,7 +484,8 @@ def test_keys_and_values_with_fewer_bits_than_the_keys_get_the_unbiased_scale(ke
             torch.testing.assert_close(scales, ref_scales.abs(), rtol=0, atol=0, equal_nan=True)
             assert along.mean() < 1 - 0.5 / 10 ** (6.02 * bits / 10)  # LS shrinks by ~1/SQNR
 
-    check(k, view.key_codes, view.key_scales, key_bits, True, [(1, 0, 7)])
+    # Keys: unbiased only when the layer keeps no exact tokens; values: when keys have more bits.
+    check(k, view.key_codes, view.key_scales, key_bits, sinks == window == 0, [(1, 0, 7)])
     assert torch.isnan(view.key_scales[1, 0, 7])
     check(v, view.value_codes, view.value_scales, value_bits, value_bits < key_bits, [(0, 0, 3), (1, 1, 5)])
     assert torch.isnan(view.value_scales[0, 0, 3]) and view.value_scales[1, 1, 5] == 0
@@ -516,7 +524,6 @@ def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
     err = (decoded - k[:, :, :c]).float().norm(dim=-1)
     err[1, 0, 2] = 0
     plain = roundtrip(k[:, :, :c], 3)
-    plain = plain * ((k[:, :, :c] ** 2).sum(-1) / (k[:, :, :c] * plain).sum(-1))[..., None]  # unbiased scale
     plain_err = (plain - k[:, :, :c]).norm(dim=-1)
     plain_err[1, 0, 2] = 0
     # Centred keys are coded with the error of their own, much smaller, spread.

@@ -170,10 +170,11 @@ class NexusQuantCache(Cache):
     Args:
         config: the model's config (``model.config``); needs ``num_hidden_layers``,
             ``num_attention_heads`` and ``head_dim`` or ``hidden_size``.
-        key_bits, value_bits: bits per element, 1..8 (2, 3, 4 tuned). Keys, and values with
-            fewer bits than the layer's keys, are stored with the unbiased fp16 scale (each
-            decodes with ``<k̂, k> = |k|²``) instead of the codec's least-squares one; see
-            ``NexusQuantLayer.unbiased_keys`` and ``NexusQuantLayer._unbias_scales``.
+        key_bits, value_bits: bits per element, 1..8 (2, 3, 4 tuned). Values with fewer bits
+            than the layer's keys, and keys when ``window == 0`` and ``sink_tokens == 0``, are
+            stored with the unbiased fp16 scale (each decodes with ``<k̂, k> = |k|²``) instead
+            of the codec's least-squares one; see ``NexusQuantLayer.unbiased_keys`` and
+            ``NexusQuantLayer._unbias_scales``.
         sink_tokens: first real tokens per row kept in the model dtype (>= 0).
         window: most recent tokens kept in the model dtype (>= 0).
         block: tokens leave the window in blocks of this many (>= 1).
