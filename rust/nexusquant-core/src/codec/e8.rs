@@ -16,10 +16,8 @@
 //! so `dA <= dB` compares the same numbers. `tests::every_code_round_trips_*` check it
 //! exhaustively for `b <= 2` and on random codes for every `b`.
 
-use std::sync::OnceLock;
-
 use super::fold::{fold, fold8_lanes};
-use super::lanes::{arr8, LaneF, LaneI, LaneM, Portable, Simd, L};
+use super::lanes::{arr8, LaneF, LaneI, LaneM, Portable, Simd};
 
 /// `QD8(w)`: the nearest point `f` of `D8` (as binary32 integers) and the residual `e = w - f`.
 fn qd8(w: &[f32; 8]) -> ([f32; 8], [f32; 8]) {
@@ -108,48 +106,6 @@ pub fn vdec_int(code: &[u8; 8], b: u32) -> [i32; 8] {
 }
 
 type PI = <Portable as Simd>::I;
-
-/// Widths whose whole codebook [`vdec_table`] tabulates: `q^8 = 2^(8b)` codes, 64 KiB of
-/// entries at `b = 2` (512 KiB).
-pub const VDEC_TABLE_MAX_BITS: u32 = 2;
-
-/// `VDEC` of every code of `b` bits, for `b <= VDEC_TABLE_MAX_BITS` (else `None`): entry
-/// `Σ code[k] << (b·k)` (a block's packed code, §8) holds `P̂` in quarter-units. Built once per
-/// process with the integer `VDEC` (bit-identical to [`vdec`]), then shared.
-/// `|P̂[i]| <= |P̂| <= 4q = 16` (the cell's covering radius `q`, in quarter-units) fits an `i8`.
-pub fn vdec_table(b: u32) -> Option<&'static [[i8; 8]]> {
-    vdec_table_lanes::<Portable>(b)
-}
-
-/// [`vdec_table`], built (on first use) with the lanes `S`: inlined into a kernel, the build runs
-/// with the kernel's instruction set (~1 ms at `b = 2` with AVX2). Every `S` builds the same
-/// table; the first build stored wins.
-#[inline(always)]
-pub(crate) fn vdec_table_lanes<S: Simd>(b: u32) -> Option<&'static [[i8; 8]]> {
-    static TABLES: [OnceLock<Box<[[i8; 8]]>>; VDEC_TABLE_MAX_BITS as usize] =
-        [const { OnceLock::new() }; VDEC_TABLE_MAX_BITS as usize];
-    if b == 0 || b > VDEC_TABLE_MAX_BITS {
-        return None;
-    }
-    let cell = &TABLES[b as usize - 1];
-    if let Some(table) = cell.get() {
-        return Some(table);
-    }
-    // Built here rather than in a `get_or_init` closure: a closure would not inherit the
-    // calling kernel's target features.
-    let mask = S::I::splat((1 << b) - 1);
-    let mut table = vec![[0i8; 8]; 1 << (8 * b)];
-    for (first, entries) in (0i32..).step_by(L).zip(table.chunks_exact_mut(L)) {
-        let index = S::I::from_array(core::array::from_fn(|l| first + l as i32));
-        let p = vdec_lanes::<S>(&arr8(|k| (index >> (b * k as u32)) & mask), b);
-        let p = p.map(|p| p.to_array());
-        for (l, entry) in entries.iter_mut().enumerate() {
-            *entry = arr8(|k| i8::try_from(p[k][l]).expect("|P̂| <= 4q"));
-        }
-    }
-    let _ = cell.set(table.into_boxed_slice());
-    cell.get().map(|t| &**t)
-}
 
 /// The lanes where `a[i]` is the first of the largest of `a[0..8]` (one `i` per lane).
 #[inline(always)]
@@ -455,20 +411,6 @@ mod tests {
                 check_code(code_from_index(idx, b), b);
             }
         }
-    }
-
-    #[test]
-    fn vdec_table_is_vdec_of_every_code() {
-        for b in 1..=VDEC_TABLE_MAX_BITS {
-            let table = vdec_table(b).expect("tabulated width");
-            assert_eq!(table.len(), 1 << (8 * b));
-            for (idx, entry) in table.iter().enumerate() {
-                let want = vdec(&code_from_index(idx as u64, b), b);
-                assert_eq!(entry.map(i32::from), want, "b = {b}, code index {idx}");
-            }
-            assert!(core::ptr::eq(table, vdec_table(b).expect("same table")));
-        }
-        assert!(vdec_table(0).is_none() && vdec_table(VDEC_TABLE_MAX_BITS + 1).is_none());
     }
 
     #[test]

@@ -8,9 +8,7 @@ use core::array::from_fn;
 
 use half::f16;
 
-use super::e8::{
-    cell_test, code_lanes, coords, qe8, qe8_lanes, vdec, vdec_lanes, vdec_table_lanes,
-};
+use super::e8::{cell_test, code_lanes, coords, qe8, qe8_lanes, vdec, vdec_lanes};
 use super::element::Element;
 use super::fold::{fold, fold_lanes};
 use super::lanes::{arr8, LaneF, LaneI, LaneM, Simd, L};
@@ -172,8 +170,6 @@ struct Scratch<S: Simd> {
     rows: Vec<f32>,
     /// Each lane's packed codes, `d·b/8 + 8` bytes per lane (8-byte stores may run over).
     bytes: Vec<u8>,
-    /// `VDEC` of every code for the boundary tests, where `b` is small enough to tabulate.
-    table: Option<&'static [[i8; 8]]>,
 }
 
 /// A block whose nearest point is not (or not certainly) inside the cell: its scaled values
@@ -207,21 +203,13 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
         fold: vec![zero; 2 * d.next_power_of_two()],
         rows: vec![0.0; L * d],
         bytes: vec![0; L * (cb + 8)],
-        table: vdec_table_lanes::<S>(p.bits()),
     };
-    let groups = x
+    for ((xg, cg), sg) in x
         .chunks(L * d)
         .zip(codes.chunks_mut(L * cb))
-        .zip(scales.chunks_mut(L));
-    // Two instances: the widths without a table keep the code they had before it existed.
-    if s.table.is_some() {
-        for ((xg, cg), sg) in groups {
-            encode_group::<S, T, true>(codec, xg, cg, sg, &mut s);
-        }
-    } else {
-        for ((xg, cg), sg) in groups {
-            encode_group::<S, T, false>(codec, xg, cg, sg, &mut s);
-        }
+        .zip(scales.chunks_mut(L))
+    {
+        encode_group::<S, T>(codec, xg, cg, sg, &mut s);
     }
 }
 
@@ -231,7 +219,7 @@ type Nearest<S> = ([<S as Simd>::I; 8], <S as Simd>::M, <S as Simd>::M);
 /// Lane-wise nearest point of `E8 + ¼` to `z`: `Y = QE8(z - ¼)` (its point is `P = 2Y + 1`,
 /// quarter-units), and the lanes where `P` is strictly inside the cell (valid: `P̂ = P`) or
 /// strictly outside (overload). Lanes in neither are on the cell's boundary and need the
-/// literal test ([`on_boundary_valid`]).
+/// literal test [`on_boundary_valid`].
 #[inline(always)]
 fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> Nearest<S> {
     let quarter = S::F::splat(0.25);
@@ -240,42 +228,13 @@ fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> Nearest<S> {
     (y, inside, outside)
 }
 
-/// A block's 8 codes of `b` bits packed as in §8, in two halves: codes 0-3 and codes 4-7, each
-/// `Σ code[k] << (b·k)` in `4·b <= 32` bits.
+/// The literal overload test `VDEC(COORDS(Y) & (q - 1)) == 2Y + 1`, lane-wise.
 #[inline(always)]
-fn packed_halves<S: Simd>(c: &[S::I; 8], b: u32) -> (S::I, S::I) {
-    let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
-    let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
-    (lo, hi)
-}
-
-/// The literal overload test `VDEC(COORDS(Y) & (q - 1)) == 2Y + 1` of the lanes in the bit set
-/// `lanes`; returns the bits of those that pass. With `table` ([`vdec_table`], `b <= 2`) each
-/// lane looks its code's `P̂` up; otherwise `VDEC` runs lane-wise.
-#[inline(always)]
-fn on_boundary_valid<S: Simd>(y: &[S::I; 8], b: u32, lanes: u32, table: Option<&[[i8; 8]]>) -> u32 {
-    let c = code_lanes::<S>(y, b);
+fn on_boundary_valid<S: Simd>(y: &[S::I; 8], b: u32) -> S::M {
     let one = S::I::splat(1);
-    let Some(table) = table else {
-        let got = vdec_lanes::<S>(&c, b);
-        let ok: [S::M; 8] = arr8(|i| got[i].eq((y[i] << 1) + one));
-        let ok = ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]));
-        return ok.bits() & lanes;
-    };
-    // The packed code (§8) indexes the table.
-    let (lo, hi) = packed_halves::<S>(&c, b);
-    let index = (lo | (hi << (4 * b))).to_array();
-    let p: [[i32; L]; 8] = arr8(|i| ((y[i] << 1) + one).to_array());
-    let (mut ok, mut rest) = (0, lanes);
-    while rest != 0 {
-        let l = rest.trailing_zeros() as usize;
-        rest &= rest - 1;
-        let got = &table[index[l] as usize];
-        if (0..8).all(|i| i32::from(got[i]) == p[i][l]) {
-            ok |= 1 << l;
-        }
-    }
-    ok
+    let got = vdec_lanes::<S>(&code_lanes::<S>(y, b), b);
+    let ok: [S::M; 8] = arr8(|i| got[i].eq((y[i] << 1) + one));
+    ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]))
 }
 
 /// The overload retries of §6 step 4 for every block in `queue`, [`L`] blocks at a time, each
@@ -283,12 +242,7 @@ fn on_boundary_valid<S: Simd>(y: &[S::I; 8], b: u32, lanes: u32, table: Option<&
 /// and takes the next block of the queue. Every block thus goes through
 /// exactly the `s` the spec tries for it, with no lane idling while others retry.
 #[inline(always)]
-fn drain_retries<S: Simd>(
-    queue: &[Pending],
-    b: u32,
-    table: Option<&[[i8; 8]]>,
-    ys: &mut [[[i32; L]; 8]],
-) {
+fn drain_retries<S: Simd>(queue: &[Pending], b: u32, ys: &mut [[[i32; L]; 8]]) {
     let mut z = [[0f32; L]; 8];
     let mut step = [0i32; L];
     let mut item = [0usize; L];
@@ -320,7 +274,8 @@ fn drain_retries<S: Simd>(
         let mut inside = inside.bits();
         let boundary = !(inside | outside.bits()) & active;
         if boundary != 0 {
-            inside |= on_boundary_valid::<S>(&y, b, boundary, table);
+            // Rare: decide literally.
+            inside |= boundary & on_boundary_valid::<S>(&y, b).bits();
         }
         let mut done = inside & active;
         if done != 0 {
@@ -346,7 +301,7 @@ fn drain_retries<S: Simd>(
 
 /// Encodes up to [`L`] rows (`scales.len()` of them).
 #[inline(always)]
-fn encode_group<S: Simd, T: Element, const TABLE: bool>(
+fn encode_group<S: Simd, T: Element>(
     codec: &Codec,
     x: &[T],
     codes: &mut [u8],
@@ -404,7 +359,6 @@ fn encode_group<S: Simd, T: Element, const TABLE: bool>(
     // every candidate, queueing the blocks that need the literal test or the retries; then
     // the queue, full lanes at a time; then each candidate's scale and error.
     s.queue.clear();
-    let table = if TABLE { s.table } else { None };
     for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
         let u = S::F::splat(alpha).div(rms);
         let ys = &mut s.ys[t * nb..(t + 1) * nb];
@@ -415,19 +369,7 @@ fn encode_group<S: Simd, T: Element, const TABLE: bool>(
             *yb = arr8(|k| y[k].to_array());
             let mut pending = inside.not().bits();
             if pending != 0 {
-                // Lanes whose s = 0 is known to overload retry from s = 1. With the table a
-                // boundary point is decided here; without it, at s = 0 in the queue (β = 1,
-                // exact).
-                let mut outside = outside.bits();
-                if TABLE {
-                    let boundary = pending & !outside;
-                    if boundary != 0 {
-                        let valid = on_boundary_valid::<S>(&y, b, boundary, table);
-                        pending &= !valid;
-                        outside |= boundary & !valid;
-                    }
-                }
-                let zl = arr8(|i| z[i].to_array());
+                let (zl, outside) = (arr8(|i| z[i].to_array()), outside.bits());
                 while pending != 0 {
                     let l = pending.trailing_zeros() as usize;
                     pending &= pending - 1;
@@ -435,13 +377,14 @@ fn encode_group<S: Simd, T: Element, const TABLE: bool>(
                         z: arr8(|i| zl[i][l]),
                         at: at as u32,
                         lane: l as u8,
+                        // A boundary point is tested literally at s = 0 (β = 1, exact).
                         s: u8::from(outside >> l & 1 == 1),
                     });
                 }
             }
         }
     }
-    drain_retries::<S>(&s.queue, b, table, &mut s.ys);
+    drain_retries::<S>(&s.queue, b, &mut s.ys);
     let mut best_err = zero;
     let mut best_t = S::I::splat(0);
     let mut best_mh = [0u16; L];
@@ -501,7 +444,9 @@ fn encode_group<S: Simd, T: Element, const TABLE: bool>(
             );
             is2.select_i(y2, is1.select_i(y1, y0))
         });
-        let (lo, hi) = packed_halves::<S>(&code_lanes::<S>(&y, b), b);
+        let c = code_lanes::<S>(&y, b);
+        let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
+        let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
         let (lo, hi) = (lo.to_array(), hi.to_array());
         let at = j * b as usize;
         for l in 0..n {
