@@ -15,6 +15,8 @@ The model factories return a model in eval mode whose generation config never st
 with token 0. Weights are random with a fixed seed and a large init scale, so that greedy
 generations vary from token to token and react to small changes in the cache.
 
+:func:`record_codec_threads` records the ``threads=`` of the codec calls a test makes.
+
 Fixture ``torch_one_thread`` runs a test with one torch thread (the tiny models run several
 times faster that way on a loaded 2-core machine). Environment: ``HYPOTHESIS_PROFILE=dev|ci``
 picks the hypothesis profile (default ``dev``).
@@ -251,3 +253,20 @@ def centred(k: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.T
     shifted = kf - centre.float()
     use = shifted.square().sum(-1) < kf.square().sum(-1)
     return torch.where(use[..., None], shifted, kf), use, centre
+
+
+def record_codec_threads(monkeypatch: pytest.MonkeyPatch, *names: str) -> list[tuple[str, object]]:
+    """Wraps the ``nexusquant.codec`` functions ``names`` for the test; returns the list to which
+    every call appends ``(name, its threads= keyword)`` before running the real function."""
+    from nexusquant import codec  # noqa: PLC0415
+
+    seen: list[tuple[str, object]] = []
+    for name in names:
+        real = getattr(codec, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("threads")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(codec, name, spy)
+    return seen

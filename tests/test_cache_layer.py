@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import centred, left_pad, make_tiny_gemma2, make_tiny_llama, make_tiny_llama_config, random_prompt
+from conftest import (
+    centred,
+    left_pad,
+    make_tiny_gemma2,
+    make_tiny_llama,
+    make_tiny_llama_config,
+    random_prompt,
+    record_codec_threads,
+)
 from transformers import DynamicCache
 
 from nexusquant import NexusQuantCache, codec, compress_kv_cache
@@ -538,15 +546,7 @@ def test_keys_with_a_common_component_are_coded_relative_to_the_row_centre():
 
 
 def test_codec_calls_of_the_cache_use_the_configured_threads(monkeypatch):
-    seen = []
-    for name in ("encode_groups", "decode_groups"):
-        real = getattr(codec, name)
-
-        def spy(*args, _real=real, **kwargs):
-            seen.append(kwargs.get("threads"))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(codec, name, spy)
+    seen = record_codec_threads(monkeypatch, "encode_groups", "decode_groups")
     cfg = make_tiny_llama_config(layers=1)
     k, v = states(1, cfg.num_key_value_heads, 12, cfg.head_dim, seed=13)
     for threads in (1, 2):
@@ -555,4 +555,4 @@ def test_codec_calls_of_the_cache_use_the_configured_threads(monkeypatch):
         cache = NexusQuantCache(cfg, 3, 2, sink_tokens=0, window=0, block=1)
         cache.update(k[:, :, :10], v[:, :, :10], 0)
         cache.update(k[:, :, 10:11], v[:, :, 10:11], 0)
-        assert seen and set(seen) == {threads}
+        assert seen and {t for _, t in seen} == {threads}

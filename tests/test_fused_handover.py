@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import left_pad, make_tiny_llama, random_prompt
+from conftest import left_pad, make_tiny_llama, random_prompt, record_codec_threads
 
-from nexusquant import NexusQuantCache, codec, compress_kv_cache, gpu
+from nexusquant import NexusQuantCache, compress_kv_cache, gpu
 from nexusquant._hf import cache_kwarg
 from nexusquant.cache import NexusQuantLayer
 from nexusquant.cache import layer as cache_layer
@@ -147,15 +147,7 @@ def test_attention_argument_is_checked():
 
 
 def test_cpu_fused_attention_runs_the_codec_on_the_configured_threads(monkeypatch):
-    seen = []
-    for name in ("attention_scores", "attention_values"):
-        real = getattr(codec, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            seen.append((_name, kwargs.get("threads")))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(codec, name, spy)
+    seen = record_codec_threads(monkeypatch, "attention_scores", "attention_values")
     model = fused_model()
     prompt = random_prompt(30, seed=6)
     for threads in (1, None):
