@@ -72,6 +72,29 @@ def test_core_is_bit_exact_with_reference(args):
     assert torch.equal(y_core.view(torch.uint8), y_ref.view(torch.uint8))
 
 
+@given(codec_inputs(max_vectors=4), st.sampled_from([1, 2]))
+def test_fewer_candidates_core_is_bit_exact_with_reference(args, candidates):
+    x, bits, seed = args
+    q_core = nq.quantize(x, bits, seed=seed, backend="core", candidates=candidates)
+    q_ref = nq.quantize(x, bits, seed=seed, backend="reference", candidates=candidates)
+    assert torch.equal(q_core.codes, q_ref.codes)
+    assert torch.equal(q_core.scales.view(torch.int16), q_ref.scales.view(torch.int16))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_one_candidate_meets_the_sqnr_targets_and_three_do_better(bits):
+    x = torch.randn(4096, 128, generator=torch.Generator().manual_seed(12))
+    one = sqnr_db(x, nq.dequantize(nq.quantize(x, bits, seed=3, candidates=1)))
+    three = sqnr_db(x, nq.dequantize(nq.quantize(x, bits, seed=3)))
+    assert one >= SQNR_TARGET[bits]
+    assert three > one
+    # Grouped encoding passes the setting through.
+    codes = torch.empty(1, 4096, 128 * bits // 8, dtype=torch.uint8)
+    scales = torch.empty(1, 4096, dtype=torch.float16)
+    nq.codec.encode_groups(x[None], codes, scales, bits=bits, seed=3, candidates=1)
+    assert torch.equal(codes[0], nq.quantize(x, bits, seed=3, candidates=1).codes)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_gaussian_sqnr_meets_targets(bits):
     x = torch.randn(4096, 128, generator=torch.Generator().manual_seed(11))
@@ -172,6 +195,9 @@ def test_errors_name_the_argument_and_allowed_values():
         nq.quantize(np.zeros((2, 64), np.float32), 3)
     with pytest.raises(errors.ShapeError, match="at least 1 dimension"):
         nq.quantize(torch.tensor(1.0), 3)
+    for bad in (0, 4, True, 2.0):
+        with pytest.raises(errors.InvalidArgumentError, match=r"candidates must be 1, 2 or 3 .*got"):
+            nq.quantize(x, 3, candidates=bad)
     q = nq.quantize(x, 3)
     with pytest.raises(errors.ShapeError, match="codes.shape\\[-1\\] must be"):
         nq.codec.decode(q.codes[:, :-1], q.scales, bits=3, seed=0, head_dim=64)

@@ -266,6 +266,9 @@ def test_argument_errors() -> None:
         _core.encode(x, c, s, bits=3, seed=-1, dtype="float32")
     with pytest.raises(InvalidArgumentError, match=r"threads must be in 1\.\.=1024 \(or unset for all cores\), got 0"):
         _core.encode(x, c, s, bits=3, seed=0, dtype="float32", threads=0)
+    for bad in (0, 4, "3"):
+        with pytest.raises(InvalidArgumentError, match=rf"candidates must be 1, 2 or 3 .*got {bad}"):
+            _core.encode(x, c, s, bits=3, seed=0, dtype="float32", candidates=bad)
     with pytest.raises(InvalidArgumentError, match="x must be a numpy array"):
         _core.encode(x.tolist(), c, s, bits=3, seed=0, dtype="float32")
     c.flags.writeable = False

@@ -26,7 +26,7 @@ import torch
 
 from cuda_host import harness
 from cuda_host.cases import make_view, random_scales, reference_attention, rows, same_bits
-from nexusquant import reference
+from nexusquant import codec, reference
 from nexusquant.gpu import attention, kernels, ops
 
 HEAD_DIMS = [8, 64, 80, 96, 128, 256]
@@ -61,6 +61,27 @@ def test_encode_matches_reference(host, d, bits):
         ref_codes, ref_scales = reference.encode(x, bits, seed)
         assert torch.equal(codes, ref_codes), f"codes differ, {dtype}"
         assert torch.equal(scales.view(torch.int16), ref_scales), f"scales differ, {dtype}"
+
+
+@pytest.mark.parametrize("candidates", [1, 2])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_encode_with_fewer_candidates_matches_reference_and_core(host, bits, candidates):
+    d = 128
+    x = rows(d, torch.float16, seed=77 * bits + candidates)
+    codes = torch.empty(ROWS, d * bits // 8, dtype=torch.uint8)
+    scales = torch.empty(ROWS, dtype=torch.float16)
+    host.launch(
+        "encode",
+        torch.float16,
+        kernels.codec_launch("encode", ROWS, d),
+        ops.encode_args(x, codes, scales, bits, 5, candidates),
+    )
+    ref_codes, ref_scales = reference.encode(x, bits, 5, candidates)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(scales.view(torch.int16), ref_scales)
+    core_codes, core_scales = codec.encode(x, bits, 5, candidates=candidates, backend="core")
+    assert torch.equal(codes, core_codes)
+    assert torch.equal(scales.view(torch.int16), core_scales.view(torch.int16))
 
 
 @pytest.mark.parametrize("bits", BITS)

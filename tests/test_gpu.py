@@ -81,6 +81,17 @@ def test_encode_codes_equal_reference_and_core(d, bits):
 
 
 @on_gpu
+@pytest.mark.parametrize("candidates", [1, 2])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_encode_with_fewer_candidates_equals_reference(bits, candidates):
+    x = rows(128, torch.float16, seed=bits * 7 + candidates, n=131)
+    codes, scales = nq.codec.encode(x.cuda(), bits, 11, candidates=candidates)
+    ref_codes, ref_scales = reference.encode(x, bits, 11, candidates)
+    assert torch.equal(codes.cpu(), ref_codes)
+    assert torch.equal(scales.cpu().view(torch.int16), ref_scales)
+
+
+@on_gpu
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("d", HEAD_DIMS)
 def test_decode_is_bit_exact(d, bits):
@@ -340,8 +351,9 @@ def test_kernel_arguments_are_checked_against_the_table():
         "int32",
         "int32",
         "uint64",
+        "int32",
     ]
-    assert int(args[0]) == x.data_ptr() and int(args[6]) == 5
+    assert int(args[0]) == x.data_ptr() and int(args[6]) == 5 and int(args[7]) == 3
     with pytest.raises(errors.ShapeError, match="x must be torch.float16"):
         loader.kernel_args("encode", torch.float16, values, x.device)
     with pytest.raises(errors.ShapeError, match="do not match the kernel table"):

@@ -264,8 +264,9 @@ def _quantize_blocks(z: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tenso
     return code, p
 
 
-def encode(x: torch.Tensor, bits: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode (N, d) float tensor -> (codes (N, d*bits/8) uint8, scales (N,) int16 fp16 bits)."""
+def encode(x: torch.Tensor, bits: int, seed: int, candidates: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode (N, d) float tensor -> (codes (N, d*bits/8) uint8, scales (N,) int16 fp16 bits),
+    trying the first ``candidates`` (1..3) clipping factors of §6 step 4."""
     n, d = x.shape
     q = 1 << bits
     v = x.to(torch.float32)
@@ -285,7 +286,7 @@ def encode(x: torch.Tensor, bits: int, seed: int) -> tuple[torch.Tensor, torch.T
     best_err = None
     best_codes = torch.zeros(n, d, dtype=torch.int64)
     best_scale = torch.zeros(n, dtype=torch.float16)
-    for alpha in ALPHA[bits]:
+    for alpha in ALPHA[bits][:candidates]:
         u = f32(alpha) / rms
         z = v * u.unsqueeze(-1)
         code, yh = _quantize_blocks(z.reshape(-1, 8), q)

@@ -5,7 +5,7 @@
 //
 // Usage: nq_host <op> key=value ...   Arrays are raw little-endian files named by path; every
 // buffer is allocated at its exact size, so an out-of-bounds access is a sanitizer error.
-//   encode  dtype n d bits seed grid threads smem x codes(out) scales(out)
+//   encode  dtype n d bits seed candidates grid threads smem x codes(out) scales(out)
 //   decode  dtype n d bits seed grid threads smem codes scales out(out)
 //   attn_partial  dtype bpl grid_x grid_y grid_z threads smem q k_codes k_scales v_codes v_scales
 //                 [lengths] [coded_mask] raw_k raw_v [raw_mask] [k_bias] [v_centre] hq hkv d tc tr sink_slots
@@ -90,7 +90,8 @@ void encode(const Args& a) {
   std::vector<u16> scales((size_t)n);
   for (i64 bx = 0; bx < a.i("grid"); ++bx) {
     nq::HostCta cta(bx, 0, 0, (int)a.i("threads"), (size_t)a.i("smem"));
-    nq::encode_cta<T>(cta, x.data(), codes.data(), scales.data(), n, d, bits, a.u("seed"));
+    nq::encode_cta<T>(cta, x.data(), codes.data(), scales.data(), n, d, bits, a.u("seed"),
+                      (int)a.i("candidates"));
   }
   write_array(a, "codes", codes);
   write_array(a, "scales", scales);

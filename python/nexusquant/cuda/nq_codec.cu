@@ -9,9 +9,9 @@
 #define NQ_CODEC_ENTRY(SUFFIX, TYPE)                                                            \
   extern "C" __global__ void nq_encode_##SUFFIX(                                                \
       const TYPE::storage* x, nq::u8* codes, nq::u16* scales, nq::i64 n, int d, int bits,       \
-      nq::u64 seed) {                                                                           \
+      nq::u64 seed, int candidates) {                                                           \
     nq::DeviceCta cta;                                                                          \
-    nq::encode_cta<TYPE>(cta, x, codes, scales, n, d, bits, seed);                              \
+    nq::encode_cta<TYPE>(cta, x, codes, scales, n, d, bits, seed, candidates);                  \
   }                                                                                             \
   extern "C" __global__ void nq_decode_##SUFFIX(                                                \
       const nq::u8* codes, const nq::u16* scales, TYPE::storage* out, nq::i64 n, int d,         \

@@ -74,9 +74,10 @@ NQ_HD void inverse_rotate_unsigned(Grp& g, float* v, int d, const u64* signs) {
 // words; the CTA starts with the rotation's sign words. Must match gpu/kernels.py.
 NQ_HD int encode_group_floats(int d) { return 2 * d + 2 * 3 * (d / 8); }  // u64 = 2 floats
 
-// §6 for one head-vector x[0..d) (storage type of T) -> d·b/8 code bytes and the fp16 scale.
+// §6 for one head-vector x[0..d) (storage type of T) -> d·b/8 code bytes and the fp16 scale,
+// trying the first `candidates` (1..3) clipping factors of step 4.
 template <class T, class Grp>
-NQ_HD void encode_vector(Grp& g, const typename T::storage* x, int d, int bits,
+NQ_HD void encode_vector(Grp& g, const typename T::storage* x, int d, int bits, int candidates,
                          const u64* signs, float* smem, u8* codes, u16* scale) {
   const int nb = d / 8;
   float* v = smem;
@@ -105,11 +106,11 @@ NQ_HD void encode_vector(Grp& g, const typename T::storage* x, int d, int bits,
     return;
   }
 
-  // Step 4: three candidates.
+  // Step 4: the candidates (three unless fewer are asked for).
   int best_t = 0;
   float best_err = 0.0f;
   u16 best_mh = 0;
-  for (int t = 0; t < 3; ++t) {
+  for (int t = 0; t < candidates; ++t) {
     const float u = div(alpha(bits, t), rms);
     g.each(nb, [&](int j) {
       float z[8];
@@ -164,7 +165,7 @@ NQ_HD int vectors_per_cta(int d, int threads) { return threads / group_size(d); 
 // Shared memory: sign words (u64[sign_words(d)]), then one region per group.
 template <class T, class Cta>
 NQ_HD void encode_cta(Cta& cta, const typename T::storage* x, u8* codes, u16* scales, i64 n,
-                      int d, int bits, u64 seed) {
+                      int d, int bits, u64 seed, int candidates) {
   const int G = group_size(d);
   const int nw = sign_words(d);
   u64* signs = reinterpret_cast<u64*>(cta.smem());
@@ -176,7 +177,8 @@ NQ_HD void encode_cta(Cta& cta, const typename T::storage* x, u8* codes, u16* sc
   cta.each_group(G, [&](auto& g, int gi) {
     const i64 row = first + gi;
     if (row >= n) return;
-    encode_vector<T>(g, x + row * d, d, bits, signs, regions + gi * encode_group_floats(d),
+    encode_vector<T>(g, x + row * d, d, bits, candidates, signs,
+                     regions + gi * encode_group_floats(d),
                      codes + row * cb, scales + row);
   });
 }

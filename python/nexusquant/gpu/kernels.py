@@ -94,6 +94,7 @@ KERNELS: dict[str, Kernel] = {
             Arg("d", "i32", doc="head_dim, a multiple of 8 in [8, 1024]"),
             Arg("bits", "i32", doc="1..8"),
             Arg("seed", "u64", doc="rotation seed"),
+            Arg("candidates", "i32", doc="clipping candidates tried, 1..3"),
         ),
     ),
     "decode": Kernel(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..codec import check_bits, check_head_dim, check_seed
+from ..codec import check_bits, check_candidates, check_head_dim, check_seed
 from ..errors import DeviceError, ShapeError, UnsupportedDtypeError
 from . import loader
 from .kernels import DTYPE_SUFFIX, codec_launch
@@ -47,10 +47,10 @@ def _check_device(*tensors: torch.Tensor) -> torch.device:
 
 
 def encode_args(
-    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, seed: int
+    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, seed: int, candidates: int = 3
 ) -> dict:
     """Arguments of ``nq_encode_*``: x2 ``(N, d)`` contiguous fp16|bf16|fp32, codes
-    ``(N, d*bits/8)`` uint8, scales ``(N,)`` float16."""
+    ``(N, d*bits/8)`` uint8, scales ``(N,)`` float16, ``candidates`` 1..3."""
     _check_float(x2, "x2.dtype")
     if x2.dim() != 2 or not x2.is_contiguous():
         raise ShapeError(f"x2 must be a contiguous (N, d) tensor, got shape {tuple(x2.shape)}")
@@ -58,7 +58,17 @@ def encode_args(
     _check_rows(codes, scales, n, d, bits)
     _check_device(x2, codes, scales)
     seed = check_seed(seed)
-    return {"x": x2, "codes": codes, "scales": scales, "n": n, "d": d, "bits": bits, "seed": seed}
+    candidates = check_candidates(candidates)
+    return {
+        "x": x2,
+        "codes": codes,
+        "scales": scales,
+        "n": n,
+        "d": d,
+        "bits": bits,
+        "seed": seed,
+        "candidates": candidates,
+    }
 
 
 def decode_args(
@@ -89,7 +99,7 @@ def _require_cuda(t: torch.Tensor) -> None:
 
 
 def encode(
-    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, *, bits: int, seed: int
+    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, *, bits: int, seed: int, candidates: int = 3
 ) -> None:
     """Encode ``x2`` (N, d) into ``codes`` and ``scales`` in place (docs/codec.md §6).
 
@@ -99,9 +109,10 @@ def encode(
         codes: ``(N, d*bits/8)`` uint8, written.
         scales: ``(N,)`` float16, written.
         bits: 1..8. seed: rotation seed in [0, 2^64).
+        candidates: clipping factors the encoder tries, 1..3 (see :func:`nexusquant.quantize`).
     """
     _require_cuda(x2)
-    values = encode_args(x2, codes, scales, bits, seed)
+    values = encode_args(x2, codes, scales, bits, seed, candidates)
     if values["n"]:
         config = codec_launch("encode", values["n"], values["d"])
         loader.launch("encode", x2.dtype, config, values, x2.device)

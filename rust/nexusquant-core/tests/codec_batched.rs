@@ -113,6 +113,81 @@ fn batched_f32_matches_literal_for_every_dim_and_width() {
 }
 
 #[test]
+fn fewer_candidates_match_literal() {
+    let mut rng = SplitMix64::new(0xC4);
+    for c in [1, 2] {
+        for d in [8, 64, 80, 128] {
+            for b in 1..=8 {
+                let codec = Codec::new(CodecParams::new(d, b, rng.next()).unwrap())
+                    .with_candidates(c)
+                    .unwrap();
+                assert_eq!(codec.candidates(), c as usize);
+                let x = mixed_rows(&mut rng, 19, d);
+                let (codes, scales) = check_encode(&codec, &x, Threads::Count(1));
+                check_decode::<f32>(&codec, &codes, &scales, Threads::Count(1));
+            }
+        }
+    }
+}
+
+/// The spec's own error of a coded row (§6 step 4): `FOLD((v - m·ŷ)²)` in the rotated domain.
+fn spec_error(codec: &Codec, x: &[f32], codes: &[u8], scale: u16) -> f32 {
+    let mut v = x.to_vec();
+    codec.rotation().forward(&mut v);
+    let mut y = vec![0f32; v.len()];
+    // Decoding with scale 1 and no inverse rotation gives ŷ: decode, then rotate back.
+    decode_vector(codec, codes, 0x3C00, &mut y).unwrap();
+    codec.rotation().forward(&mut y);
+    let m = half::f16::from_bits(scale).to_f32();
+    v.iter().zip(&y).map(|(a, b)| (a - m * b).powi(2)).sum()
+}
+
+#[test]
+fn more_candidates_never_code_a_row_worse() {
+    let mut rng = SplitMix64::new(0xE44);
+    for b in [2, 3, 4] {
+        let (d, n) = (64, 200);
+        let x = gaussian(&mut rng, n * d, 1.0);
+        let mut errs = Vec::new();
+        for c in [1, 3] {
+            let codec = Codec::new(CodecParams::new(d, b, 3).unwrap())
+                .with_candidates(c)
+                .unwrap();
+            let mut codes = vec![0u8; n * codec.params().code_bytes()];
+            let mut scales = vec![0u16; n];
+            codec
+                .encode_into(&x, &mut codes, &mut scales, Threads::Count(1))
+                .unwrap();
+            let cb = codec.params().code_bytes();
+            errs.push(
+                (0..n)
+                    .map(|r| {
+                        spec_error(
+                            &codec,
+                            &x[r * d..(r + 1) * d],
+                            &codes[r * cb..(r + 1) * cb],
+                            scales[r],
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let (one, three) = (&errs[0], &errs[1]);
+        // ŷ comes back through two rotations here, so allow their rounding.
+        for r in 0..n {
+            assert!(
+                three[r] <= one[r] * 1.0001 + 1e-6,
+                "b={b} row {r}: {} > {}",
+                three[r],
+                one[r]
+            );
+        }
+        let (s1, s3): (f32, f32) = (one.iter().sum(), three.iter().sum());
+        assert!(s3 < s1, "b={b}: three candidates {s3} vs one {s1}");
+    }
+}
+
+#[test]
 fn batched_large_dims_match_literal() {
     let mut rng = SplitMix64::new(4);
     for (d, b) in [(512, 3), (1024, 2), (1000, 4)] {

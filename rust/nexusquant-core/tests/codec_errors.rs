@@ -36,6 +36,21 @@ fn bits() {
 }
 
 #[test]
+fn candidates() {
+    for c in [0, 4, -1] {
+        let e = Codec::new(params()).with_candidates(c).unwrap_err();
+        assert_eq!(e, CodecError::Candidates { got: c });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "candidates must be 1, 2 or 3 (the clipping factors the encoder tries), got {c}"
+            )
+        );
+    }
+    assert_eq!(Codec::new(params()).candidates(), 3);
+}
+
+#[test]
 fn partial_vector() {
     let p = params();
     let x = vec![0f32; 65];

@@ -105,6 +105,28 @@ fn codec(
     Ok(Codec::new(params))
 }
 
+/// The codec with the encoder's number of clipping candidates (`1..=3`, all when unset).
+fn encoder_for(
+    py: Python<'_>,
+    head_dim: usize,
+    bits: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    candidates: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Codec> {
+    let codec = codec(py, head_dim, bits, seed)?;
+    let Some(candidates) = candidates.filter(|c| !c.is_none()) else {
+        return Ok(codec);
+    };
+    let c = candidates.extract::<i64>().map_err(|_| {
+        error(
+            py,
+            "InvalidArgumentError",
+            format!("candidates must be 1, 2 or 3 (the clipping factors the encoder tries), got {candidates}"),
+        )
+    })?;
+    codec.with_candidates(c).map_err(|e| codec_error_to_py(&e))
+}
+
 fn threads(py: Python<'_>, threads: Option<&Bound<'_, PyAny>>) -> PyResult<Threads> {
     let count = match threads {
         Some(t) if !t.is_none() => {
@@ -280,9 +302,10 @@ fn encode_typed<T: Element>(
 /// Encodes the rows of `x` (N, head_dim) into `codes_out` (N, head_dim·bits/8) uint8 and
 /// `scales_out` (N,) uint16 (fp16 bit patterns), in place. `dtype` names x's element type:
 /// "float32" (numpy float32), "float16" (numpy float16 or uint16 bit patterns) or "bfloat16"
-/// (uint16 bit patterns). `threads=None` uses every core.
+/// (uint16 bit patterns). `threads=None` uses every core; `candidates` (1, 2 or 3, all when
+/// unset) is how many clipping factors the encoder tries.
 #[pyfunction]
-#[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None))]
+#[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None, candidates=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode(
     py: Python<'_>,
@@ -293,13 +316,14 @@ fn encode(
     seed: &Bound<'_, PyAny>,
     dtype: &str,
     threads: Option<&Bound<'_, PyAny>>,
+    candidates: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let dt = Dtype::parse(py, dtype)?;
     let t = self::threads(py, threads)?;
     let xa = array(x, "x", 2, "(N, head_dim)")?;
     check_dtype(&xa, "x", dt.wanted(), dt.accepts(&xa))?;
     let (n, d) = (xa.shape()[0], xa.shape()[1]);
-    let c = codec(py, d, bits, seed)?;
+    let c = encoder_for(py, d, bits, seed, candidates)?;
     let mut out = encode_outputs(codes_out, scales_out, n, c.params().code_bytes())?;
     if dt == Dtype::F32 {
         let x: PyReadonlyArray2<'_, f32> = x.extract()?;
@@ -555,7 +579,7 @@ fn decode_groups(
 /// for each group. Each group must be C-contiguous; the first axis may have any stride that
 /// keeps the groups apart (codes are written straight into slices of a cache's buffers).
 #[pyfunction]
-#[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None))]
+#[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None, candidates=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode_groups(
     py: Python<'_>,
@@ -566,13 +590,14 @@ fn encode_groups(
     seed: &Bound<'_, PyAny>,
     dtype: &str,
     threads: Option<&Bound<'_, PyAny>>,
+    candidates: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let dt = Dtype::parse(py, dtype)?;
     let t = self::threads(py, threads)?;
     let xa = grouped(x, "x", 3, "(G, N, head_dim)")?;
     check_dtype(&xa, "x", dt.wanted(), dt.accepts(&xa))?;
     let (g, n, d) = (xa.shape()[0], xa.shape()[1], xa.shape()[2]);
-    let c = codec(py, d, bits, seed)?;
+    let c = encoder_for(py, d, bits, seed, candidates)?;
     let ca = grouped(codes_out, "codes_out", 3, "(G, N, head_dim*bits/8) uint8")?;
     check_dtype(
         &ca,

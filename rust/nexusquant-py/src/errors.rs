@@ -26,7 +26,7 @@ pub(crate) fn codec_error_to_py(e: &CodecError) -> PyErr {
         CodecError::HeadDim { .. } => "HeadDimError",
         CodecError::Bits { .. } => "BitsError",
         CodecError::PartialVector { .. } | CodecError::Length { .. } => "ShapeError",
-        CodecError::Threads { .. } => "InvalidArgumentError",
+        CodecError::Threads { .. } | CodecError::Candidates { .. } => "InvalidArgumentError",
         CodecError::ThreadPool { .. } => "NexusQuantError",
     };
     Python::attach(|py| nexusquant_error(py, class, e.to_string()))

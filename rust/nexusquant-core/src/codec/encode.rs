@@ -100,7 +100,7 @@ pub fn encode_vector(codec: &Codec, x: &[f32], codes_out: &mut [u8]) -> Result<u
         return Ok(0);
     }
     let mut best: Option<(f32, u16, Vec<u8>)> = None;
-    for &alpha in &ALPHA[b as usize - 1] {
+    for &alpha in &ALPHA[b as usize - 1][..codec.candidates()] {
         let u = alpha / rms;
         let mut codes = vec![0u8; d];
         let mut yhat = vec![0.0f32; d];
@@ -129,7 +129,7 @@ pub fn encode_vector(codec: &Codec, x: &[f32], codes_out: &mut [u8]) -> Result<u
             best = Some((err, mh, codes));
         }
     }
-    let (_, mh, codes) = best.expect("three candidates");
+    let (_, mh, codes) = best.expect("at least one candidate");
     pack(&codes, b, codes_out);
     Ok(mh)
 }
@@ -355,11 +355,13 @@ fn encode_group<S: Simd, T: Element>(
         rms
     };
 
-    // Step 4: three candidate clipping factors. First the nearest point of every block of
-    // every candidate, queueing the blocks that need the literal test or the retries; then
-    // the queue, full lanes at a time; then each candidate's scale and error.
+    // Step 4: the candidate clipping factors (three unless the codec tries fewer). First the
+    // nearest point of every block of every candidate, queueing the blocks that need the
+    // literal test or the retries; then the queue, full lanes at a time; then each candidate's
+    // scale and error.
+    let candidates = codec.candidates();
     s.queue.clear();
-    for (t, &alpha) in ALPHA[b as usize - 1].iter().enumerate() {
+    for (t, &alpha) in ALPHA[b as usize - 1][..candidates].iter().enumerate() {
         let u = S::F::splat(alpha).div(rms);
         let ys = &mut s.ys[t * nb..(t + 1) * nb];
         for (j, (vb, yb)) in s.v.chunks_exact(8).zip(ys.iter_mut()).enumerate() {
@@ -388,7 +390,7 @@ fn encode_group<S: Simd, T: Element>(
     let mut best_err = zero;
     let mut best_t = S::I::splat(0);
     let mut best_mh = [0u16; L];
-    for t in 0..3 {
+    for t in 0..candidates {
         let ys = &s.ys[t * nb..(t + 1) * nb];
         // ŷ = Y / 2 + ¼ is exact in binary32 for these small integers.
         let (half, quarter) = (S::F::splat(0.5), S::F::splat(0.25));
@@ -408,6 +410,11 @@ fn encode_group<S: Simd, T: Element>(
         let mut mf = [0f32; L];
         for l in 0..L {
             (mh[l], mf[l]) = scale_to_fp16(m[l]);
+        }
+        if candidates == 1 {
+            // Nothing to choose between: the error is not needed.
+            best_mh = mh;
+            break;
         }
         let mf = S::F::from_array(mf);
         for ((f, v), y) in s.fold.iter_mut().zip(&s.v).zip(&s.yhat) {

@@ -48,6 +48,12 @@ pub enum CodecError {
         /// The length received.
         got: usize,
     },
+    /// A number of clipping candidates for the encoder outside `1..=3`.
+    #[error("candidates must be 1, 2 or 3 (the clipping factors the encoder tries), got {got}")]
+    Candidates {
+        /// The rejected value (signed, so that any caller's value can be reported).
+        got: i64,
+    },
     /// An explicit thread count outside `1..=1024`.
     #[error("threads must be in 1..=1024 (or unset for all cores), got {got}")]
     Threads {
