@@ -10,7 +10,7 @@ use half::f16;
 
 use super::e8::{cell_test, code_lanes, coords, qe8, qe8_lanes, vdec, vdec_lanes};
 use super::element::Element;
-use super::fold::{fold, fold_lanes};
+use super::fold::{block_order, fold, BlockFold};
 use super::lanes::{arr8, LaneF, LaneI, LaneM, Simd, L};
 use super::pack::pack;
 use super::params::{CodecError, ALPHA};
@@ -164,8 +164,8 @@ struct Scratch<S: Simd> {
     yhat: Vec<S::F>,
     /// The blocks of the group whose nearest point is not certainly valid, for the retries.
     queue: Vec<Pending>,
-    /// Elements of the sums, for `fold_lanes` (two sums side by side).
-    fold: Vec<S::F>,
+    /// The blocks in the order the `FOLD` sums take them ([`block_order`]).
+    order: Vec<usize>,
     /// The group's head-vectors in binary32, row after row.
     rows: Vec<f32>,
     /// Each lane's packed codes, `d·b/8 + 8` bytes per lane (8-byte stores may run over).
@@ -200,7 +200,7 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
         ys: vec![[[0; L]; 8]; 3 * d / 8],
         yhat: vec![zero; d],
         queue: Vec::with_capacity(3 * d),
-        fold: vec![zero; 2 * d.next_power_of_two()],
+        order: block_order(d),
         rows: vec![0.0; L * d],
         bytes: vec![0; L * (cb + 8)],
     };
@@ -338,10 +338,17 @@ fn encode_group<S: Simd, T: Element>(
     // Steps 2-3: rotate, squared norm, rms. Special lanes are zeroed so that every lane
     // computes on finite values; their results are replaced at the end.
     codec.rotation().forward_lanes::<S>(&mut s.v);
-    for (f, v) in s.fold.iter_mut().zip(&s.v) {
-        *f = *v * *v;
+    let mut acc = BlockFold::<S>::new();
+    for (at, &j) in s.order.iter().enumerate() {
+        acc.push(
+            at,
+            match s.v.get(8 * j..8 * j + 8) {
+                Some(v) => arr8(|i| v[i] * v[i]),
+                None => [zero; 8],
+            },
+        );
     }
-    let ss = fold_lanes::<S>(&mut s.fold, d);
+    let ss = acc.finish(s.order.len());
     let rms = ss.div(S::F::splat(d as f32)).sqrt();
     let nan = finite.not() | ss.is_finite().not();
     let zero_vec = (ss.eq(zero) | rms.eq(zero)).and_not(nan);
@@ -392,19 +399,24 @@ fn encode_group<S: Simd, T: Element>(
     let mut best_mh = [0u16; L];
     for t in 0..candidates {
         let ys = &s.ys[t * nb..(t + 1) * nb];
-        // ŷ = Y / 2 + ¼ is exact in binary32 for these small integers.
+        // ŷ = Y / 2 + ¼ is exact in binary32 for these small integers. The sums go block by
+        // block in `FOLD`'s order, padding blocks as +0.0 (see `BlockFold`).
         let (half, quarter) = (S::F::splat(0.5), S::F::splat(0.25));
-        for (yh, y) in s.yhat.chunks_exact_mut(8).zip(ys) {
-            for (yh, y) in yh.iter_mut().zip(y) {
-                *yh = S::I::from_array(*y).to_f32() * half + quarter;
-            }
+        let (mut num, mut den) = (BlockFold::<S>::new(), BlockFold::<S>::new());
+        for (at, &j) in s.order.iter().enumerate() {
+            let (a, b) = if j < nb {
+                let (y, v) = (&ys[j], &s.v[8 * j..8 * j + 8]);
+                let yh: [S::F; 8] = arr8(|i| S::I::from_array(y[i]).to_f32() * half + quarter);
+                s.yhat[8 * j..8 * j + 8].copy_from_slice(&yh);
+                (arr8(|i| v[i] * yh[i]), arr8(|i| yh[i] * yh[i]))
+            } else {
+                ([zero; 8], [zero; 8])
+            };
+            num.push(at, a);
+            den.push(at, b);
         }
-        let (fa, fb) = s.fold.split_at_mut(d.next_power_of_two());
-        for (((a, b), v), y) in fa.iter_mut().zip(fb.iter_mut()).zip(&s.v).zip(&s.yhat) {
-            *a = *v * *y;
-            *b = *y * *y;
-        }
-        let (num, den) = (fold_lanes::<S>(fa, d), fold_lanes::<S>(fb, d));
+        let blocks = s.order.len();
+        let (num, den) = (num.finish(blocks), den.finish(blocks));
         let m = den.eq(zero).select(zero, num.div(den)).to_array();
         let mut mh = [0u16; L];
         let mut mf = [0f32; L];
@@ -417,11 +429,20 @@ fn encode_group<S: Simd, T: Element>(
             break;
         }
         let mf = S::F::from_array(mf);
-        for ((f, v), y) in s.fold.iter_mut().zip(&s.v).zip(&s.yhat) {
-            let r = *v - mf * *y;
-            *f = r * r;
+        let mut sq = BlockFold::<S>::new();
+        for (at, &j) in s.order.iter().enumerate() {
+            sq.push(
+                at,
+                match (s.v.get(8 * j..8 * j + 8), s.yhat.get(8 * j..8 * j + 8)) {
+                    (Some(v), Some(y)) => arr8(|i| {
+                        let r = v[i] - mf * y[i];
+                        r * r
+                    }),
+                    _ => [zero; 8],
+                },
+            );
         }
-        let err = fold_lanes::<S>(&mut s.fold, d);
+        let err = sq.finish(blocks);
         let better = if t == 0 {
             S::M::splat(true)
         } else {
