@@ -719,7 +719,7 @@ def quantize(
 
     ``candidates`` is how many of the spec's three clipping factors the encoder tries, keeping
     the one with the smallest error (1, 2 or 3; an encoder setting, not part of the format:
-    :func:`dequantize` reads any of them the same way). ``candidates=1`` encodes about 2.5×
+    :func:`dequantize` reads any of them the same way). ``candidates=1`` encodes 2.1-2.5×
     faster on the CPU at a lower SQNR: iid Gaussian, head_dim 128, 10.03 / 15.65 / 21.06 dB at
     2 / 3 / 4 bits instead of 10.09 / 15.80 / 21.50 dB (``benches/codec.py`` prints both). No
     vector is coded worse with more candidates, since the three include the first.

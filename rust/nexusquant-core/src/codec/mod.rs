@@ -80,7 +80,7 @@ impl Codec {
     /// of `docs/codec.md` §6 step 4 (`1..=3`; 3 is the default).
     ///
     /// This is an encoder setting, not a format parameter: every code decodes the same way and
-    /// decoding ignores it. One candidate encodes about 2.5 times faster at a lower SQNR (iid
+    /// decoding ignores it. One candidate encodes 2.1-2.5 times faster at a lower SQNR (iid
     /// Gaussian, head_dim 128: 10.03 / 15.65 / 21.06 dB at 2 / 3 / 4 bits instead of 10.09 /
     /// 15.80 / 21.50 dB). Since the three candidates include the first, each vector's error
     /// with three is at most its error with one.
