@@ -5,8 +5,10 @@ element actually stored (scales counted), encode and decode MB/s of fp16 data on
 on all threads, next to the scalar baseline measured in the same run (the same rotation, then
 per-vector round-to-nearest at the same bits with the best clipping scale). The same figures
 for the encoder with one clipping candidate (``candidates=1``: the first of the spec's three,
-the same decoder). MB = 10^6 bytes; encode MB/s counts fp16 input bytes, decode MB/s counts fp16
-output bytes.
+the same decoder). Round trips (encode then decode, one thread) next to the scalar baseline's
+round trip timed in the same run, so that the ratio survives a noisy machine. MB = 10^6 bytes;
+encode MB/s counts fp16 input bytes, decode MB/s counts fp16 output bytes, a round trip counts
+the head-vectors' fp16 bytes once.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def run_bench(n: int = 1 << 16, head_dim: int = 128, bits_list=(2, 3, 4), repeat
                 repeats,
             )
             timing[label] = (in_mb / enc, in_mb / dec, in_mb / enc1)
+        scalar = _best_time(lambda: _core.scalar_roundtrip(x32.numpy(), base, bits=bits, seed=7, threads=1),
+                            repeats)
         stored = q.codes.numel() + q.scales.numel() * 2
         rows.append({
             "bits": bits,
@@ -98,6 +102,9 @@ def run_bench(n: int = 1 << 16, head_dim: int = 128, bits_list=(2, 3, 4), repeat
                 "encode_mbs_1": timing["1"][2],
                 "encode_mbs_all": timing["all"][2],
             },
+            "round_trip_mbs_1": 1 / (1 / timing["1"][0] + 1 / timing["1"][1]),
+            "round_trip_mbs_1_candidates_1": 1 / (1 / timing["1"][2] + 1 / timing["1"][1]),
+            "scalar_round_trip_mbs_1": in_mb / scalar,
         })
     return {
         "vectors": n,
@@ -142,6 +149,15 @@ def format_result(res: dict[str, Any]) -> str:
             f"{r['bits']:>4} {c['sqnr_db']:>8.2f} {r['target_sqnr_db']:>6.1f} "
             f"{c['encode_mbs_1']:>11.0f} {c['encode_mbs_all']:>12.0f}"
         )
+    lines += [
+        "",
+        "round trip (encode + decode), one thread, next to the scalar baseline timed in this run:",
+        f"{'bits':>4} {'3 cand MB/s':>11} {'1 cand MB/s':>11} {'scalar MB/s':>11} {'3c/scalar':>9} "
+        f"{'1c/scalar':>9}",
+    ]
+    for r in res["rows"]:
+        a, c, s = r["round_trip_mbs_1"], r["round_trip_mbs_1_candidates_1"], r["scalar_round_trip_mbs_1"]
+        lines.append(f"{r['bits']:>4} {a:>11.0f} {c:>11.0f} {s:>11.0f} {a / s:>9.2f} {c / s:>9.2f}")
     t = res["targets"]
     lines += [
         "",
