@@ -44,20 +44,27 @@ def host(tmp_path_factory):
     return harness.HostKernels(harness.build(compiler, out), out)
 
 
+def host_encode(host, x: torch.Tensor, bits: int, seed: int, candidates: int = 3):
+    """The encode kernel's body on the host for the (ROWS, d) rows ``x``: ``(codes, scales)``."""
+    d = x.shape[1]
+    codes = torch.empty(ROWS, d * bits // 8, dtype=torch.uint8)
+    scales = torch.empty(ROWS, dtype=torch.float16)
+    host.launch(
+        "encode",
+        x.dtype,
+        kernels.codec_launch("encode", ROWS, d),
+        ops.encode_args(x, codes, scales, bits, seed, candidates),
+    )
+    return codes, scales
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("d", HEAD_DIMS)
 def test_encode_matches_reference(host, d, bits):
     for k, dtype in enumerate(DTYPES):
         x = rows(d, dtype, seed=1000 * d + 10 * bits + k)
         seed = 0x9E3779B97F4A7C15 * (d + bits + k) % 2**64
-        codes = torch.empty(ROWS, d * bits // 8, dtype=torch.uint8)
-        scales = torch.empty(ROWS, dtype=torch.float16)
-        host.launch(
-            "encode",
-            dtype,
-            kernels.codec_launch("encode", ROWS, d),
-            ops.encode_args(x, codes, scales, bits, seed),
-        )
+        codes, scales = host_encode(host, x, bits, seed)
         ref_codes, ref_scales = reference.encode(x, bits, seed)
         assert torch.equal(codes, ref_codes), f"codes differ, {dtype}"
         assert torch.equal(scales.view(torch.int16), ref_scales), f"scales differ, {dtype}"
@@ -66,16 +73,8 @@ def test_encode_matches_reference(host, d, bits):
 @pytest.mark.parametrize("candidates", [1, 2])
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_encode_with_fewer_candidates_matches_reference_and_core(host, bits, candidates):
-    d = 128
-    x = rows(d, torch.float16, seed=77 * bits + candidates)
-    codes = torch.empty(ROWS, d * bits // 8, dtype=torch.uint8)
-    scales = torch.empty(ROWS, dtype=torch.float16)
-    host.launch(
-        "encode",
-        torch.float16,
-        kernels.codec_launch("encode", ROWS, d),
-        ops.encode_args(x, codes, scales, bits, 5, candidates),
-    )
+    x = rows(128, torch.float16, seed=77 * bits + candidates)
+    codes, scales = host_encode(host, x, bits, 5, candidates)
     ref_codes, ref_scales = reference.encode(x, bits, 5, candidates)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(scales.view(torch.int16), ref_scales)
@@ -108,14 +107,7 @@ def test_other_head_dims_round_trip_like_reference(host, d):
     """Every group-size class: 2-4 lanes, 16-32 with padding, 2 and 4 blocks per lane."""
     bits = 3
     x = rows(d, torch.float32, seed=d)
-    codes = torch.empty(ROWS, d * bits // 8, dtype=torch.uint8)
-    scales = torch.empty(ROWS, dtype=torch.float16)
-    host.launch(
-        "encode",
-        torch.float32,
-        kernels.codec_launch("encode", ROWS, d),
-        ops.encode_args(x, codes, scales, bits, d),
-    )
+    codes, scales = host_encode(host, x, bits, d)
     ref_codes, ref_scales = reference.encode(x, bits, d)
     assert torch.equal(codes, ref_codes) and torch.equal(scales.view(torch.int16), ref_scales)
     out = torch.empty(ROWS, d, dtype=torch.bfloat16)

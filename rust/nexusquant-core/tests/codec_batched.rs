@@ -135,7 +135,7 @@ fn spec_error(codec: &Codec, x: &[f32], codes: &[u8], scale: u16) -> f32 {
     let mut v = x.to_vec();
     codec.rotation().forward(&mut v);
     let mut y = vec![0f32; v.len()];
-    // Decoding with scale 1 and no inverse rotation gives ŷ: decode, then rotate back.
+    // Decoding with scale 1 gives R⁻¹(ŷ); rotating it forward gives ŷ back (up to rounding).
     decode_vector(codec, codes, 0x3C00, &mut y).unwrap();
     codec.rotation().forward(&mut y);
     let m = half::f16::from_bits(scale).to_f32();

@@ -340,13 +340,13 @@ fn encode_group<S: Simd, T: Element>(
     codec.rotation().forward_lanes::<S>(&mut s.v);
     let mut acc = BlockFold::<S>::new();
     for (at, &j) in s.order.iter().enumerate() {
-        acc.push(
-            at,
-            match s.v.get(8 * j..8 * j + 8) {
-                Some(v) => arr8(|i| v[i] * v[i]),
-                None => [zero; 8],
-            },
-        );
+        let sq = if j < nb {
+            let v = &s.v[8 * j..8 * j + 8];
+            arr8(|i| v[i] * v[i])
+        } else {
+            [zero; 8]
+        };
+        acc.push(at, sq);
     }
     let ss = acc.finish(s.order.len());
     let rms = ss.div(S::F::splat(d as f32)).sqrt();
@@ -431,16 +431,16 @@ fn encode_group<S: Simd, T: Element>(
         let mf = S::F::from_array(mf);
         let mut sq = BlockFold::<S>::new();
         for (at, &j) in s.order.iter().enumerate() {
-            sq.push(
-                at,
-                match (s.v.get(8 * j..8 * j + 8), s.yhat.get(8 * j..8 * j + 8)) {
-                    (Some(v), Some(y)) => arr8(|i| {
-                        let r = v[i] - mf * y[i];
-                        r * r
-                    }),
-                    _ => [zero; 8],
-                },
-            );
+            let rr = if j < nb {
+                let (v, y) = (&s.v[8 * j..8 * j + 8], &s.yhat[8 * j..8 * j + 8]);
+                arr8(|i| {
+                    let r = v[i] - mf * y[i];
+                    r * r
+                })
+            } else {
+                [zero; 8]
+            };
+            sq.push(at, rr);
         }
         let err = sq.finish(blocks);
         let better = if t == 0 {
