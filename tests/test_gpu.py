@@ -8,7 +8,9 @@ types, argument checking, and the PackedKV / mask plumbing of the transformers i
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +79,9 @@ def test_encode_codes_equal_reference_and_core(d, bits):
         assert torch.equal(scales.cpu().view(torch.int16), ref_scales), f"scales differ, {dtype}"
         if _core_available():
             q = nq.quantize(x, bits, seed=seed)
-            assert torch.equal(codes.cpu(), q.codes) and torch.equal(scales.cpu(), q.scales), dtype
+            assert torch.equal(codes.cpu(), q.codes), dtype
+            # bit patterns: the NaN rows' scales are NaN, and NaN != NaN as a float
+            assert torch.equal(scales.cpu().view(torch.int16), q.scales.view(torch.int16)), dtype
 
 
 @on_gpu
@@ -305,6 +309,37 @@ def test_cache_decodes_through_the_fused_kernel_in_generate(monkeypatch):
 
 # --------------------------------------------------------------------------------------------
 # everywhere
+
+
+def test_gpu_check_runs_every_file_that_holds_gpu_tests():
+    """benches/gpu_check.py names the files it runs on the device; a new GPU test elsewhere
+    must not be left out of the only run that exercises it."""
+    tests = Path(__file__).parent
+    holders = {
+        f"tests/{path.name}"
+        for path in tests.glob("test_*.py")
+        if re.search(r"^@(pytest\.mark\.gpu|on_gpu)\b", path.read_text(), re.M)
+    }
+    text = (tests.parent / "benches" / "gpu_check.py").read_text()
+    listed = re.search(r"^GPU_TEST_FILES = \(([^)]*)\)", text, re.M)
+    assert listed is not None, "GPU_TEST_FILES not found in benches/gpu_check.py"
+    assert set(re.findall(r'"([^"]+)"', listed.group(1))) == holders
+
+
+def test_gpu_check_builds_a_valid_layer_and_launch():
+    """The benchmark's synthetic layer passes the same validation the kernel launch does (its
+    timings run only on a GPU; a stale field name would otherwise surface only there)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).parents[1] / "benches" / "gpu_check.py"
+    )
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    view = gpu_check.packed_layer(2, 300, 2, 128, 3, 132, device="cpu")
+    view.validate()
+    assert (view.coded_tokens, view.raw_tokens, view.sink_slots, view.length) == (168, 132, 4, 300)
+    query = torch.randn(2, 8, 128, dtype=torch.float16)
+    call = attention.attention_args(query, view, 128**-0.5, sm_count=132)
+    assert call.out.shape == query.shape
 
 
 def test_importing_the_package_does_not_import_cupy():

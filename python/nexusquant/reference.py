@@ -98,7 +98,7 @@ def rotate(v: torch.Tensor, seed: int) -> torch.Tensor:
     n, d = v.shape
     p = stage_size(d)
     c = stage_norm(p)
-    s = signs(seed, 2 * d)
+    s = signs(seed, 2 * d).to(v.device)
     v = _apply_signs(v, s[:d])
     head = fwht(v[:, :p]) * c
     v = torch.cat((head, v[:, p:]), dim=1)
@@ -114,7 +114,7 @@ def inverse_rotate(v: torch.Tensor, seed: int) -> torch.Tensor:
     n, d = v.shape
     p = stage_size(d)
     c = stage_norm(p)
-    s = signs(seed, 2 * d)
+    s = signs(seed, 2 * d).to(v.device)
     if p < d:
         tail = fwht(v[:, d - p :]) * c
         tail = _apply_signs(tail, s[2 * d - p : 2 * d])
