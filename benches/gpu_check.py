@@ -5,7 +5,7 @@
    device-to-device copy of the same bytes timed in the same run (the ceiling).
 2. Prints fused decode attention time against torch SDPA on fp16 K/V (32 query heads, 8 KV
    heads, head_dim 128, 4 sinks + 128-token window, K 3 bits / V 3 bits) at 4k, 16k, 64k and 128k
-   tokens, batch 1 and 8.
+   tokens, batch 1 and 8; then the fused time against the planner's CTAs per SM (the split count).
 3. Runs every GPU test (``pytest -m gpu`` over the files that hold them): codes and scales
    byte-identical to the reference (and to the Rust core when it is built), decode bit-exact,
    fused attention within 2x the error of same-dtype SDPA, the cache and the offload store on
@@ -38,6 +38,7 @@ if importlib.util.find_spec("nexusquant") is None:  # a source checkout, not ins
 
 import nexusquant as nq  # noqa: E402
 from nexusquant import gpu  # noqa: E402
+from nexusquant.gpu import kernels  # noqa: E402
 from nexusquant.gpu.attention import PackedKV  # noqa: E402
 
 HBM_BYTES_PER_S = 4.8e12  # H200 HBM3e peak
@@ -194,6 +195,32 @@ def attention_speed() -> None:
             torch.cuda.empty_cache()
 
 
+def attention_occupancy() -> None:
+    """Fused attention time against the planner's CTAs per SM (kernels.CTAS_PER_SM), which sets
+    how many coded splits the grid gets; the default is marked."""
+    hq, hkv, d, bits, window = 32, 8, 128, 3, 132
+    default = kernels.CTAS_PER_SM
+    choices = (2, 4, 8, 16, 32)
+    print(f"\nfused attention ms by CTAs per SM (default {default}; same shapes as above)")
+    print(f"{'batch':>5} {'tokens':>7} " + " ".join(f"{c:>8}" for c in choices))
+    try:
+        for batch, tokens in ((1, 16384), (1, 131072), (8, 16384), (8, 131072)):
+            view = packed_layer(batch, tokens, hkv, d, bits, window)
+            q = torch.randn(batch, hq, d, device="cuda", dtype=torch.float16)
+            times = []
+            for c in choices:
+                kernels.CTAS_PER_SM = c
+                times.append(timed(gpu.fused_decode_attention, q, view, d**-0.5))
+            print(
+                f"{batch:>5} {tokens:>7} " + " ".join(f"{1e3 * t:>8.3f}" for t in times),
+                flush=True,
+            )
+            del view
+            torch.cuda.empty_cache()
+    finally:
+        kernels.CTAS_PER_SM = default
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest run")
@@ -206,7 +233,7 @@ def main() -> int:
         return 0
     header(report)
     figures_ok = True
-    for section in (codec_throughput, attention_speed):
+    for section in (codec_throughput, attention_speed, attention_occupancy):
         try:
             section()
         except Exception as exc:  # report and go on: the tests below say more

@@ -112,6 +112,28 @@ def test_decode_is_bit_exact(d, bits):
 
 
 @on_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unaligned_rows_take_the_element_path_with_the_same_bytes(dtype):
+    """Rows that start 1 element past a 16-byte boundary: the kernels' 16-byte loads and stores
+    fall back to element accesses, with the same codes and the same decoded bits."""
+    n, d, bits, seed = 67, 128, 3, 5
+    x = rows(d, dtype, seed=9, n=n)
+    buf = torch.empty(n * d + 1, dtype=dtype, device="cuda")
+    unaligned = buf[1:].view(n, d)
+    unaligned.copy_(x.cuda())
+    assert unaligned.data_ptr() % 16 != 0
+    codes = torch.empty(n, d * bits // 8, dtype=torch.uint8, device="cuda")
+    scales = torch.empty(n, dtype=torch.float16, device="cuda")
+    gpu.encode(unaligned, codes, scales, bits=bits, seed=seed)
+    ref_codes, ref_scales = reference.encode(x, bits, seed)
+    assert torch.equal(codes.cpu(), ref_codes)
+    assert torch.equal(scales.cpu().view(torch.int16), ref_scales)
+    out = torch.empty(n * d + 1, dtype=dtype, device="cuda")[1:].view(n, d)
+    gpu.decode(codes, scales, out, bits=bits, seed=seed)
+    assert same_bits(out.cpu(), reference.decode(ref_codes, ref_scales, bits, seed, d, dtype))
+
+
+@on_gpu
 def test_quantize_on_cuda_tensors_of_any_shape_and_stride():
     x = torch.randn(3, 40, 5, 128, dtype=torch.float16).transpose(1, 2)  # not contiguous
     q = nq.quantize(x.cuda(), 3, seed=7)

@@ -76,6 +76,14 @@ struct HostGroup {
     }
   }
 
+  // f(lane, own, other), other = lane ^ m's state before the phase (the device's shuffles).
+  template <class Lanes, class F>
+  void pair_lanes(Lanes& st, int m, F f) const {
+    F8 before[32];
+    for (int lane = 0; lane < size_; ++lane) before[lane] = st(lane);
+    for (int lane = 0; lane < size_; ++lane) f(lane, st(lane), before[lane ^ m]);
+  }
+
   template <class S>
   struct PerLane {
     S value[32];

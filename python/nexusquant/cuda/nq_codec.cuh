@@ -4,7 +4,8 @@
 // run the same text:
 //   Cta   block(axis), threads(), smem(), each_thread(n, f), sync(), each_group(G, f(g, gi))
 //   Group size(), each(n, f(i)) [lane-strided loop + barrier], sum(n, f(i)) [FOLD],
-//         any(n, f(i)), lanes(f(lane)), reduce<N>(f(lane, part), out), PerLane<S>
+//         any(n, f(i)), lanes(f(lane)), reduce<N>(f(lane, part), out), PerLane<S>,
+//         pair_lanes(PerLane<F8>, m, f(lane, own, other of lane ^ m))
 // On the device (nq_device.cuh) a Group is G lanes of one warp; on the host (tests/cuda_host)
 // the lanes are run one after the other and the butterfly is done on an array.
 #pragma once
@@ -68,6 +69,50 @@ NQ_HD void inverse_rotate_unsigned(Grp& g, float* v, int d, const u64* signs) {
     fwht(g, v + base, P, same, scale_sign2);
   }
   fwht(g, v, P, same, scale);
+}
+
+// Whether a head-vector of d coordinates is rotated one block per lane, in registers: d a power
+// of two with d/8 <= 32, so that group_size(d) = d/8 and R has no tail stage.
+NQ_HD bool lane_per_block(int d) { return d >= 8 && (d & (d - 1)) == 0 && d <= 256; }
+
+// One FWHT_d (d = 8·lanes, a power of two) with the last stage's outputs times c, on lane j's
+// block j (coordinates 8j..8j+7) in registers: the same operations as fwht() with an identity
+// `pre` and a `post` of mul(x, c), stages h ascending. Stages h = 1, 2, 4 pair coordinates of
+// one lane; stages h = 8·m pair lane j with lane j ^ m: the lower lane of a pair keeps a + b,
+// the upper a − b, with a the lower lane's value (IEEE addition commutes, so a + b is the same
+// bits in either lane). This is R for P = d after sign1, and R⁻¹ before it (§2).
+template <class Grp, class Lanes>
+NQ_HD void fwht_lanes(Grp& g, Lanes& st, int lanes, float c) {
+  g.lanes([&](int j) {
+    float* v = st(j).v;
+    NQ_UNROLL
+    for (int h = 1; h < 8; h <<= 1) {
+      const bool last = lanes == 1 && h == 4;
+      NQ_UNROLL
+      for (int i = 0; i < 8; ++i) {
+        if (i & h) continue;
+        const float a = v[i], b = v[i + h];
+        v[i] = last ? mul(add(a, b), c) : add(a, b);
+        v[i + h] = last ? mul(sub(a, b), c) : sub(a, b);
+      }
+    }
+  });
+  for (int m = 1; m < lanes; m <<= 1) {
+    const bool last = 2 * m == lanes;
+    g.pair_lanes(st, m, [&](int j, F8& own, const F8& other) {
+      const bool upper = (j & m) != 0;
+      NQ_UNROLL
+      for (int i = 0; i < 8; ++i) {
+        const float r = upper ? sub(other.v[i], own.v[i]) : add(own.v[i], other.v[i]);
+        own.v[i] = last ? mul(r, c) : r;
+      }
+    });
+  }
+}
+
+// Sign bits 8j .. 8j+7 of the rotation's sign1 (bit i of the result: coordinate 8j + i).
+NQ_HD u32 block_signs(const u64* signs, int j) {
+  return (u32)(signs[j >> 3] >> (8 * (j & 7))) & 0xFFu;
 }
 
 // Per-group shared memory of the encoder: v[d], ŷ[d] (binary32) and the 3 candidates' block
@@ -158,6 +203,30 @@ NQ_HD void decode_vector(Grp& g, const u8* codes, u16 scale, int d, int bits,
   g.each(d, [&](int i) { out[i] = T::store(neg_if(sign_bit(signs, i), v[i])); });
 }
 
+// §7 for one head-vector with lane j holding block j in registers (lane_per_block(d)): the same
+// operations as decode_vector, in the same order. Callers pass `bits` as a literal where they
+// can: the body is inlined and the constant folds into VDEC's shifts and masks.
+template <class T, class Grp>
+NQ_HD void decode_vector_lanes(Grp& g, const u8* codes, u16 scale, int d, int bits,
+                               const u64* signs, typename T::storage* out) {
+  const float mf = f16_to_f32(scale);
+  typename Grp::template PerLane<F8> st;
+  g.lanes([&](int j) {
+    int ph[8];
+    vdec_word(load_word(codes + j * bits, bits), bits, ph);
+    NQ_UNROLL
+    for (int i = 0; i < 8; ++i) st(j).v[i] = mul(mul((float)ph[i], 0.25f), mf);
+  });
+  fwht_lanes(g, st, d / 8, stage_norm(d));
+  g.lanes([&](int j) {
+    const u32 sb = block_signs(signs, j);
+    typename T::storage o[8];
+    NQ_UNROLL
+    for (int i = 0; i < 8; ++i) o[i] = T::store(neg_if((sb >> i) & 1u, st(j).v[i]));
+    store8(out + 8 * j, o);
+  });
+}
+
 // Head-vectors per CTA of `threads` threads.
 NQ_HD int vectors_per_cta(int d, int threads) { return threads / group_size(d); }
 
@@ -197,8 +266,19 @@ NQ_HD void decode_cta(Cta& cta, const u8* codes, const u16* scales, typename T::
   cta.each_group(G, [&](auto& g, int gi) {
     const i64 row = first + gi;
     if (row >= n) return;
-    decode_vector<T>(g, codes + row * cb, scales[row], d, bits, signs, regions + gi * d,
-                     out + row * d);
+    const u8* c = codes + row * cb;
+    typename T::storage* o = out + row * d;
+    if (!lane_per_block(d)) {
+      decode_vector<T>(g, c, scales[row], d, bits, signs, regions + gi * d, o);
+    } else if (bits == 2) {
+      decode_vector_lanes<T>(g, c, scales[row], d, 2, signs, o);
+    } else if (bits == 3) {
+      decode_vector_lanes<T>(g, c, scales[row], d, 3, signs, o);
+    } else if (bits == 4) {
+      decode_vector_lanes<T>(g, c, scales[row], d, 4, signs, o);
+    } else {
+      decode_vector_lanes<T>(g, c, scales[row], d, bits, signs, o);
+    }
   });
 }
 

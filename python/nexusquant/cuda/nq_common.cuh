@@ -229,6 +229,54 @@ struct BF16 {
   static NQ_HD u16 store(float v) { return bf16_bits(v); }
 };
 
+// Eight consecutive coordinates held by one lane (the lane-per-block paths of nq_codec.cuh).
+struct F8 {
+  float v[8];
+};
+
+// p[0..8) = o[0..8): one 16-byte store (two for binary32) when p is 16-byte aligned on the
+// device, element stores otherwise and on the host. Same bytes either way.
+#ifdef __CUDA_ARCH__
+struct __align__(16) U4 {
+  u32 x, y, z, w;
+};
+#endif
+NQ_HD void store8(u16* p, const u16 (&o)[8]) {
+#ifdef __CUDA_ARCH__
+  if ((reinterpret_cast<u64>(p) & 15u) == 0) {
+    U4 w;
+    w.x = (u32)o[0] | ((u32)o[1] << 16);
+    w.y = (u32)o[2] | ((u32)o[3] << 16);
+    w.z = (u32)o[4] | ((u32)o[5] << 16);
+    w.w = (u32)o[6] | ((u32)o[7] << 16);
+    *reinterpret_cast<U4*>(p) = w;
+    return;
+  }
+#endif
+  NQ_UNROLL
+  for (int i = 0; i < 8; ++i) p[i] = o[i];
+}
+NQ_HD void store8(float* p, const float (&o)[8]) {
+#ifdef __CUDA_ARCH__
+  if ((reinterpret_cast<u64>(p) & 15u) == 0) {
+    U4 a, b;
+    a.x = f32_bits(o[0]);
+    a.y = f32_bits(o[1]);
+    a.z = f32_bits(o[2]);
+    a.w = f32_bits(o[3]);
+    b.x = f32_bits(o[4]);
+    b.y = f32_bits(o[5]);
+    b.z = f32_bits(o[6]);
+    b.w = f32_bits(o[7]);
+    reinterpret_cast<U4*>(p)[0] = a;
+    reinterpret_cast<U4*>(p)[1] = b;
+    return;
+  }
+#endif
+  NQ_UNROLL
+  for (int i = 0; i < 8; ++i) p[i] = o[i];
+}
+
 // fp16 bits of m, round to nearest even, +-Inf saturated to +-65504 (codec.md §6 step 4).
 NQ_HD u16 scale_bits(float m) {
   u16 h = f16_bits(m);

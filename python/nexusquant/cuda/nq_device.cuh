@@ -61,6 +61,17 @@ struct DeviceGroup {
     }
   }
 
+  // f(lane, own, other) with `other` the state of lane ^ m (m < G) as it was before the phase:
+  // 8 XOR shuffles, no barrier (the state lives in registers).
+  template <class Lanes, class F>
+  __device__ void pair_lanes(Lanes& st, int m, F f) const {
+    F8& own = st(lane_);
+    F8 other;
+    NQ_UNROLL
+    for (int i = 0; i < 8; ++i) other.v[i] = __shfl_xor_sync(mask_, own.v[i], m);
+    f(lane_, own, other);
+  }
+
   // State private to each lane: one S per thread.
   template <class S>
   struct PerLane {

@@ -27,8 +27,10 @@ COMBINE_THREADS = 32
 #: Smallest number of coded tokens per attn_partial CTA, and the raw tokens per CTA.
 MIN_CODED_CHUNK = 256
 RAW_CHUNK = 256
-#: CTAs of attn_partial the planner aims for, per streaming multiprocessor.
-CTAS_PER_SM = 2
+#: CTAs of attn_partial the planner aims for, per streaming multiprocessor. 16 measured best
+#: over 2, 4, 8, 16, 32 on an H200 (benches/gpu_check.py, docs/gpu.md "Measured on an H200"):
+#: batch 8 x 128k tokens 19.9 -> 13.0 ms; batch 1 x 128k 1.76 -> 1.84 ms.
+CTAS_PER_SM = 16
 
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
