@@ -5,7 +5,8 @@
    device-to-device copy of the same bytes timed in the same run (the ceiling).
 2. Prints fused decode attention time against torch SDPA on fp16 K/V (32 query heads, 8 KV
    heads, head_dim 128, 4 sinks + 128-token window, K 3 bits / V 3 bits) at 4k, 16k, 64k and 128k
-   tokens, batch 1 and 8; then the fused time against the planner's CTAs per SM (the split count).
+   tokens, batch 1 and 8; then the fused time against the planner's CTAs per SM (the split count)
+   and the host's time per call on a small layer, with and without value/key centres.
 3. Runs every GPU test (``pytest -m gpu`` over the files that hold them): codes and scales
    byte-identical to the reference (and to the Rust core when it is built), decode bit-exact,
    fused attention within 2x the error of same-dtype SDPA, the cache and the offload store on
@@ -23,11 +24,13 @@ Without a GPU (or CuPy) it prints what is missing and exits 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -221,6 +224,43 @@ def attention_occupancy() -> None:
         kernels.CTAS_PER_SM = default
 
 
+def attention_host_time() -> None:
+    """Wall time per fused call issued back to back on a small layer (1 x 4k tokens), where the
+    host's share shows: without centres, with key and value centres, and with centres plus the
+    scan for centred flags that each call made before 2026-12-01 (two reads of every scale and
+    two waits for the device)."""
+    hq, hkv, d, bits, window, calls = 32, 8, 128, 3, 132, 200
+    plain = packed_layer(1, 4096, hkv, d, bits, window)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    centred = dataclasses.replace(
+        plain,
+        k_means=torch.randn(1, hkv, d, device="cuda", dtype=torch.float16, generator=gen),
+        v_means=torch.randn(1, hkv, d, device="cuda", dtype=torch.float16, generator=gen),
+    )
+    q = torch.randn(1, hq, d, device="cuda", dtype=torch.float16)
+
+    def scan_then_call():
+        centred.centred_keys()
+        centred.centred_values()
+        gpu.fused_decode_attention(q, centred, d**-0.5)
+
+    cases = (
+        ("no centres", lambda: gpu.fused_decode_attention(q, plain, d**-0.5)),
+        ("centres", lambda: gpu.fused_decode_attention(q, centred, d**-0.5)),
+        ("centres + flag scan (before)", scan_then_call),
+    )
+    print(f"\nhost time per fused call, {calls} calls back to back (1 x 4096 tokens, Hq={hq})")
+    for name, fn in cases:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        print(f"{name:>30} {1e6 * (time.perf_counter() - start) / calls:>8.1f} us", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest run")
@@ -233,7 +273,7 @@ def main() -> int:
         return 0
     header(report)
     figures_ok = True
-    for section in (codec_throughput, attention_speed, attention_occupancy):
+    for section in (codec_throughput, attention_speed, attention_occupancy, attention_host_time):
         try:
             section()
         except Exception as exc:  # report and go on: the tests below say more

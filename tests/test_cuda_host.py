@@ -27,6 +27,7 @@ import torch
 from cuda_host import harness
 from cuda_host.cases import make_view, random_scales, reference_attention, rows, same_bits
 from nexusquant import codec, reference
+from nexusquant.cache import layer as cache_layer
 from nexusquant.gpu import attention, kernels, ops
 
 HEAD_DIMS = [8, 64, 80, 96, 128, 256]
@@ -337,3 +338,32 @@ def test_attention_with_centred_keys_and_values(host, dtype):
     for name in ("k_means", "v_means"):
         plain = dataclasses.replace(view, **{name: torch.zeros_like(getattr(view, name))})
         assert (reference_attention(query, plain, d**-0.5)[0] - ref).abs().amax() > 10 * tol
+
+
+def test_attention_with_centres_but_no_centred_vector(host, monkeypatch):
+    """A layer with centres whose scales carry no sign bit: the centre arguments are passed
+    anyway (the launch never scans the scales, which would wait for the device every step) and
+    change nothing."""
+    gen = torch.Generator().manual_seed(22)
+    b, hq, hkv, d, tc, tr = 1, 4, 2, 64, 200, 10
+    plain = make_view(b, hkv, d, tc, tr, 3, 3, torch.float32, 2, gen)
+    view = dataclasses.replace(
+        plain,
+        k_means=torch.randn(b, hkv, d, generator=gen),
+        v_means=torch.randn(b, hkv, d, generator=gen),
+    )
+    query = torch.randn(b, hq, d, generator=gen)
+
+    def no_scan(scales):
+        raise AssertionError("attention_args scanned the scales for centred flags")
+
+    monkeypatch.setattr(cache_layer, "centred_flags", no_scan)
+    call = attention.attention_args(query, view, d**-0.5, sm_count=4)
+    assert call.partial["k_bias"] is not None and call.partial["v_centre"] is not None
+    monkeypatch.undo()
+    out, _ = host_attention(host, query, view, d**-0.5, 4)
+    ref, _, vals, _ = reference_attention(query, plain, d**-0.5)
+    rounding = (ref.to(torch.float32).double() - ref).abs().amax()
+    assert (out.double() - ref).abs().amax() <= 2 * rounding + 4 * torch.finfo(
+        torch.float32
+    ).eps * vals.abs().amax()

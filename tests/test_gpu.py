@@ -8,6 +8,7 @@ types, argument checking, and the PackedKV / mask plumbing of the transformers i
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import os
 import re
@@ -423,6 +424,39 @@ def test_kernel_arguments_are_checked_against_the_table():
     call = attention.attention_args(torch.randn(1, 2, 64), view, 0.125, sm_count=4)
     args = loader.kernel_args("attn_partial", torch.float32, call.partial, torch.device("cpu"))
     assert int(args[5]) == 0 and int(args[6]) == 0  # no lengths, no mask: null pointers
+
+
+def test_rotated_value_centres_are_reused_until_the_centres_change(monkeypatch):
+    """R_v(value centres) is computed once per centres tensor and version: a decode step reuses
+    it, an in-place write to the centres or another seed recomputes it, a freed tensor's entry
+    goes away."""
+    gen = torch.Generator().manual_seed(4)
+    view = make_view(2, 2, 64, 40, 8, 3, 3, torch.float32, 2, gen)
+    view = dataclasses.replace(
+        view, k_means=torch.randn(2, 2, 64, generator=gen), v_means=torch.randn(2, 2, 64, generator=gen)
+    )
+    query = torch.randn(2, 4, 64, generator=gen)
+    calls = []
+    real = reference.rotate
+    monkeypatch.setattr(reference, "rotate", lambda v, seed: calls.append(seed) or real(v, seed))
+
+    def centre(v):
+        return attention.attention_args(query, v, 0.125, sm_count=4).partial["v_centre"]
+
+    first = centre(view)
+    assert torch.equal(first, real(view.v_means.reshape(4, 64), view.v_seed).reshape(2, 2, 64))
+    assert centre(view) is first and len(calls) == 1
+    view.v_means[1, 0, 3] += 1.0  # a row sets its centres: in place, version bumped
+    second = centre(view)
+    assert len(calls) == 2
+    assert torch.equal(second, real(view.v_means.reshape(4, 64), view.v_seed).reshape(2, 2, 64))
+    reseeded = centre(dataclasses.replace(view, v_seed=view.v_seed + 1))
+    assert len(calls) == 3 and not torch.equal(reseeded, second)
+    key = id(view.v_means)
+    assert key in attention._ROTATED_CENTRES
+    del view, first, second, reseeded
+    gc.collect()
+    assert key not in attention._ROTATED_CENTRES
 
 
 def test_packed_kv_validation_names_the_field():
