@@ -334,6 +334,16 @@ def test_cache_decodes_through_the_fused_kernel_in_generate(monkeypatch):
 # everywhere
 
 
+def _gpu_check():
+    """benches/gpu_check.py as a module (it imports without a GPU)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).parents[1] / "benches" / "gpu_check.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_runs_every_file_that_holds_gpu_tests():
     """benches/gpu_check.py names the files it runs on the device; a new GPU test elsewhere
     must not be left out of the only run that exercises it."""
@@ -343,21 +353,13 @@ def test_gpu_check_runs_every_file_that_holds_gpu_tests():
         for path in tests.glob("test_*.py")
         if re.search(r"^@(pytest\.mark\.gpu|on_gpu)\b", path.read_text(), re.M)
     }
-    text = (tests.parent / "benches" / "gpu_check.py").read_text()
-    listed = re.search(r"^GPU_TEST_FILES = \(([^)]*)\)", text, re.M)
-    assert listed is not None, "GPU_TEST_FILES not found in benches/gpu_check.py"
-    assert set(re.findall(r'"([^"]+)"', listed.group(1))) == holders
+    assert set(_gpu_check().GPU_TEST_FILES) == holders
 
 
 def test_gpu_check_builds_a_valid_layer_and_launch():
     """The benchmark's synthetic layer passes the same validation the kernel launch does (its
     timings run only on a GPU; a stale field name would otherwise surface only there)."""
-    spec = importlib.util.spec_from_file_location(
-        "gpu_check", Path(__file__).parents[1] / "benches" / "gpu_check.py"
-    )
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    view = gpu_check.packed_layer(2, 300, 2, 128, 3, 132, device="cpu")
+    view = _gpu_check().packed_layer(2, 300, 2, 128, 3, 132, device="cpu")
     view.validate()
     assert (view.coded_tokens, view.raw_tokens, view.sink_slots, view.length) == (168, 132, 4, 300)
     query = torch.randn(2, 8, 128, dtype=torch.float16)

@@ -380,7 +380,8 @@ def _value_centre(view: PackedKV) -> torch.Tensor | None:
     means = view.v_means
     if means is None:
         return None
-    hit = _ROTATED_CENTRES.get(id(means))
+    key = id(means)
+    hit = _ROTATED_CENTRES.get(key)
     if (
         hit is not None
         and hit[0]() is means
@@ -394,7 +395,6 @@ def _value_centre(view: PackedKV) -> torch.Tensor | None:
     rotated = rotate(means.float().reshape(b * hkv, d), view.v_seed).reshape(b, hkv, d).contiguous()
     if len(_ROTATED_CENTRES) >= _ROTATED_CENTRES_MAX:
         _ROTATED_CENTRES.pop(next(iter(_ROTATED_CENTRES)), None)
-    key = id(means)
 
     def forget(ref: weakref.ref, key: int = key) -> None:  # the centres tensor was freed
         entry = _ROTATED_CENTRES.get(key)
