@@ -219,22 +219,36 @@ pub(crate) fn qe8_lanes<S: Simd>(z: &[S::F; 8]) -> [S::I; 8] {
     })
 }
 
-/// Lane-wise position of the codebook point `P = 2Y + 1` (quarter-units) relative to the
-/// Voronoi cell of `qE8`: `(strictly inside, strictly outside)`; a lane in neither is on the
-/// cell's boundary.
+/// Lane-wise overload test of the encoder, exact and without `VDEC`: whether the codebook point
+/// `P = 2Y + 1` (quarter-units) of each lane is the point `VDEC(COORDS(Y) & (q - 1))` gives back.
 ///
-/// This decides the encoder's overload test `VDEC(COORDS(Y)) == 2Y + 1` without `VDEC` except
-/// on the boundary. The relevant vectors of E8 are its 240 roots `r` (`|r|² = 2`), so `p = P/4`
-/// is strictly inside the cell when `<p, r> < q` for every root: then for the coset
-/// representative `p + q·l` that `VDEC` starts from, `l` is the unique nearest point of E8 to
-/// `p/q + l`, which `QE8` (exact on these dyadic values) returns, so `VDEC` gives back `P`. If
-/// `<p, r> > q` for some root, `l` is not a nearest point, `QE8` cannot return it, and `VDEC`
-/// gives another point. In quarter-units the largest `<P, r>` over the roots `±e_i ± e_j` is
-/// the sum of the two largest `|P_i|`, and over `½(±1)^8` with an even number of minus signs
-/// it is `½ Σ|P_i|`, less `|P|_min` when an odd number of the (odd, so nonzero) `P_i` are
+/// The relevant vectors of E8 are its 240 roots `r` (`|r|² = 2`). With `p = P/4`: if
+/// `<p, r> < q` for every root, `p` is strictly inside the Voronoi cell of `qE8`, so for the
+/// coset representative `p + q·l` that `VDEC` starts from, `l` is the unique nearest point of E8
+/// to `x + l` (`x = p/q`), which `QE8` (exact on these dyadic values) returns: valid. If
+/// `<p, r> > q` for some root, `l` is not a nearest point and `QE8` cannot return it: overload.
+/// In quarter-units the largest `<P, r>` over the roots `±e_i ± e_j` is `t1`, the sum of the two
+/// largest `|P_i|`, and over `½(±1)^8` with an even number of minus signs it is `t2/2`, with
+/// `t2 = Σ|P_i|` less `2·|P|_min` when an odd number of the (odd, so nonzero) `P_i` are
 /// negative.
+///
+/// On the boundary (`t1 = 4q` or `t2 = 8q`, the other not above), `QE8`'s tie rules decide. They
+/// commute with translations by `D8` (no rounding tie, same residuals, same parity), and a
+/// translation by `D8 + ½` swaps its two candidates `A` (from `D8`) and `B` (from `D8 + ½`)
+/// together with their distances `dA`, `dB`. So `QE8(x + l) = l` exactly when `A(x) = 0` and
+/// either `dA < dB` or (`dA = dB` and `l ∈ D8`, where the tie goes to `A`). Here every
+/// `|x_i| < 1`, and at most one `|P_j|` exceeds `2q` (two would give `t1 > 4q`):
+/// - `A(x) = 0` unless `t1 = 4q` and a coordinate `i < j` has `|P_i| = 4q − |P_j|`: rounding
+///   gives `±e_j` (odd sum), and `QD8` undoes it only if `j` is the first largest residual,
+///   `|e_j| = 1 − |x_j| >= |e_i| = |x_i|`, strictly for `i < j`;
+/// - `dA = |x|² <= dB`, with equality exactly when `t2 = 8q`;
+/// - `l ∈ D8` exactly when its coordinates are integers: `l_7 = (Y_7 mod q − Y_7)/q`, so when
+///   `floor(Y_7 / q)` is even.
+///
+/// `tests::cell_valid_agrees_with_vdec` checks it against `VDEC` on every codebook point and its
+/// boundary neighbours for `b <= 2` and on random points for every `b`.
 #[inline(always)]
-pub(crate) fn cell_test<S: Simd>(y: &[S::I; 8], b: u32) -> (S::M, S::M) {
+pub(crate) fn cell_valid<S: Simd>(y: &[S::I; 8], b: u32) -> S::M {
     let one = S::I::splat(1);
     let p: [S::I; 8] = arr8(|i| (y[i] << 1) + one);
     let a: [S::I; 8] = arr8(|i| p[i].abs());
@@ -251,9 +265,18 @@ pub(crate) fn cell_test<S: Simd>(y: &[S::I; 8], b: u32) -> (S::M, S::M) {
     let odd = (negs & one).eq(one);
     let t2 = sum - odd.select_i(min + min, S::I::splat(0));
     let (b1, b2) = (S::I::splat(4 << b), S::I::splat(8 << b));
-    let inside = b1.gt(t1) & b2.gt(t2);
-    let outside = t1.gt(b1) | t2.gt(b2);
-    (inside, outside)
+    // On the facet t1 = 4q the largest |P_j| is unique (> 2q > the second largest): a
+    // coordinate equal to the second largest before it breaks A(x) = 0.
+    let mut seen = a[0].eq(l);
+    let mut tie_first = S::M::splat(false);
+    for &ai in &a[1..] {
+        tie_first = tie_first | (seen & ai.eq(h));
+        seen = seen | ai.eq(l);
+    }
+    let a_zero = b1.gt(t1) | t1.eq(b1).and_not(tie_first);
+    let l_in_d8 = ((y[7] >> b) & one).eq(S::I::splat(0));
+    let d_ok = b2.gt(t2) | (t2.eq(b2) & l_in_d8);
+    a_zero & d_ok
 }
 
 /// Lane-wise `COORDS(Y) & (q - 1)`: the code of each lane's block.
@@ -462,55 +485,119 @@ mod tests {
         }
     }
 
-    /// The cell test agrees with VDEC wherever it decides, and leaves only boundary points.
-    fn check_cell_test<S: Simd>() {
+    /// Whether `P` (quarter-units, odd) is its code's codebook point, literally.
+    fn literal_valid(p: &[i32; 8], b: u32) -> bool {
+        let y = p.map(|v| (v - 1) / 2);
+        let code = coords(&y).map(|c| (c & ((1 << b) - 1)) as u8);
+        vdec(&code, b) == *p
+    }
+
+    /// `cell_valid` on `L` points `P` (quarter-units, odd) at once, against the literal test.
+    fn check_valid_points<S: Simd>(pts: &[[i32; 8]], b: u32) -> (usize, usize) {
+        let (mut valid, mut invalid) = (0, 0);
+        for chunk in pts.chunks(L) {
+            let y: [S::I; 8] = core::array::from_fn(|i| {
+                S::I::from_array(core::array::from_fn(|l| {
+                    (chunk[l.min(chunk.len() - 1)][i] - 1) / 2
+                }))
+            });
+            let got = cell_valid::<S>(&y, b);
+            for (l, p) in chunk.iter().enumerate() {
+                let want = literal_valid(p, b);
+                assert_eq!(got.get(l), want, "b = {b}, P = {p:?}");
+                if want {
+                    valid += 1;
+                } else {
+                    invalid += 1;
+                }
+            }
+        }
+        (valid, invalid)
+    }
+
+    /// The 240 roots of E8, doubled (integers).
+    fn roots2() -> Vec<[i32; 8]> {
+        let mut r = Vec::new();
+        for i in 0..8 {
+            for j in i + 1..8 {
+                for (si, sj) in [(2, 2), (2, -2), (-2, 2), (-2, -2)] {
+                    let mut v = [0; 8];
+                    (v[i], v[j]) = (si, sj);
+                    r.push(v);
+                }
+            }
+        }
+        for m in 0u32..256 {
+            if m.count_ones() % 2 == 0 {
+                r.push(core::array::from_fn(
+                    |i| if m >> i & 1 == 1 { -1 } else { 1 },
+                ));
+            }
+        }
+        r
+    }
+
+    /// Every codebook point `P` of `b` bits and every other point of its coset on the same
+    /// sphere, `P − 4q·r` for the roots `r` with `<P, r> = 4q` (quarter-units): its mates across
+    /// the cell's faces, which the overload test must reject.
+    fn check_cell_valid_exhaustive<S: Simd>(b: u32) {
+        let roots = roots2();
+        let q = 1i32 << b;
+        let mut pts = Vec::new();
+        let (mut valid, mut invalid) = (0, 0);
+        for idx in 0..1u64 << (8 * b) {
+            let p = vdec(&code_from_index(idx, b), b);
+            pts.push(p);
+            for r in &roots {
+                let dot: i32 = p.iter().zip(r).map(|(a, b)| a * b).sum();
+                if dot == 8 * q {
+                    pts.push(core::array::from_fn(|i| p[i] - 2 * q * r[i]));
+                }
+            }
+            if pts.len() >= 1 << 16 {
+                let (v, n) = check_valid_points::<S>(&pts, b);
+                (valid, invalid) = (valid + v, invalid + n);
+                pts.clear();
+            }
+        }
+        let (v, n) = check_valid_points::<S>(&pts, b);
+        (valid, invalid) = (valid + v, invalid + n);
+        // Exactly the codebook points are valid (each point was checked against VDEC above),
+        // and the boundary is exercised.
+        assert_eq!(valid, 1 << (8 * b), "{valid} valid, {invalid} invalid");
+        assert!(invalid > valid / 4, "{valid} valid, {invalid} invalid");
+    }
+
+    /// Random nearest points at scales that overload often, for every `b`.
+    fn check_cell_valid_random<S: Simd>() {
         let mut rng = SplitMix64::new(99);
-        let (mut inside, mut outside, mut boundary) = (0, 0, 0);
-        for round in 0..4000 {
+        let (mut valid, mut invalid) = (0, 0);
+        for round in 0..8000 {
             let b = 1 + (round % 8) as u32;
             let q = (1 << b) as f32;
             let scale = [0.5, 1.0, 1.6][round % 3] * q;
             let z: [[f32; L]; 8] =
                 core::array::from_fn(|_| core::array::from_fn(|_| (unif(&mut rng) - 0.5) * scale));
-            let y = qe8_lanes::<S>(&z.map(S::F::from_array));
-            let (ins, outs) = cell_test::<S>(&y, b);
-            let codes = code_lanes::<S>(&y, b);
-            let p = vdec_lanes::<S>(&codes, b).map(|v| v.to_array());
-            let y = y.map(|v| v.to_array());
-            for l in 0..L {
-                let exact = (0..8).all(|i| p[i][l] == 2 * y[i][l] + 1);
-                match (ins.get(l), outs.get(l)) {
-                    (true, false) => {
-                        assert!(exact, "inside but overloaded");
-                        inside += 1;
-                    }
-                    (false, true) => {
-                        assert!(!exact, "outside but valid");
-                        outside += 1;
-                    }
-                    (false, false) => boundary += 1,
-                    (true, true) => panic!("inside and outside"),
-                }
-            }
+            let y = qe8_lanes::<S>(&z.map(S::F::from_array)).map(|v| v.to_array());
+            let pts: Vec<[i32; 8]> = (0..L)
+                .map(|l| core::array::from_fn(|i| 2 * y[i][l] + 1))
+                .collect();
+            let (v, n) = check_valid_points::<S>(&pts, b);
+            (valid, invalid) = (valid + v, invalid + n);
         }
-        assert!(
-            inside > 1000 && outside > 1000,
-            "{inside} {outside} {boundary}"
-        );
-        // Boundary points (odd |P_i| + |P_j| can equal 4q) exist, so the VDEC fallback is
-        // exercised, but are rare.
-        assert!(
-            boundary > 0 && boundary < (inside + outside) / 10,
-            "{boundary}"
-        );
+        assert!(valid > 4000 && invalid > 4000, "{valid} {invalid}");
     }
 
     #[test]
-    fn cell_test_agrees_with_vdec() {
-        check_cell_test::<Portable>();
+    fn cell_valid_agrees_with_vdec() {
+        check_cell_valid_random::<Portable>();
+        for b in 1..=2 {
+            check_cell_valid_exhaustive::<Portable>(b);
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
-            check_cell_test::<super::super::lanes::avx2::Avx2>();
+            check_cell_valid_random::<super::super::lanes::avx2::Avx2>();
+            check_cell_valid_exhaustive::<super::super::lanes::avx2::Avx2>(2);
         }
     }
 

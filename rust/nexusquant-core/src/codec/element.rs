@@ -30,6 +30,13 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
         let _ = dst;
         None
     }
+    /// `src` as fp16 values when `Self` is `f16`, for the batched kernels' inlined F16C path.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn as_f16(src: &[Self]) -> Option<&[f16]> {
+        let _ = src;
+        None
+    }
 }
 
 impl Element for f32 {
@@ -59,6 +66,10 @@ impl Element for f16 {
     #[inline(always)]
     fn as_f16_mut(dst: &mut [Self]) -> Option<&mut [f16]> {
         Some(dst)
+    }
+    #[inline(always)]
+    fn as_f16(src: &[Self]) -> Option<&[f16]> {
+        Some(src)
     }
 }
 

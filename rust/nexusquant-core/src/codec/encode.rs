@@ -8,7 +8,7 @@ use core::array::from_fn;
 
 use half::f16;
 
-use super::e8::{cell_test, code_lanes, coords, qe8, qe8_lanes, vdec, vdec_lanes};
+use super::e8::{cell_valid, code_lanes, coords, qe8, qe8_lanes, vdec};
 use super::element::Element;
 use super::fold::{block_order, fold, BlockFold};
 use super::lanes::{arr8, LaneF, LaneI, LaneM, Simd, L};
@@ -162,7 +162,7 @@ struct Scratch<S: Simd> {
     ys: Vec<[[i32; L]; 8]>,
     /// The current candidate's reconstruction `ŷ = P̂ / 4 = Y / 2 + ¼`.
     yhat: Vec<S::F>,
-    /// The blocks of the group whose nearest point is not certainly valid, for the retries.
+    /// The blocks of the group whose nearest point is overloaded, for the retries.
     queue: Vec<Pending>,
     /// The blocks in the order the `FOLD` sums take them ([`block_order`]).
     order: Vec<usize>,
@@ -172,14 +172,13 @@ struct Scratch<S: Simd> {
     bytes: Vec<u8>,
 }
 
-/// A block whose nearest point is not (or not certainly) inside the cell: its scaled values
-/// `z`, where its results go (`at = t · d/8 + j`, lane `lane`) and the first `s` to try.
+/// A block whose nearest point is overloaded: its scaled values `z` and where its results go
+/// (`at = t · d/8 + j`, lane `lane`).
 #[derive(Clone, Copy)]
 struct Pending {
     z: [f32; 8],
     at: u32,
     lane: u8,
-    s: u8,
 }
 
 /// Encodes the rows of `x` (`n·d` values) into `codes` (`n·d·b/8` bytes) and `scales` (`n`),
@@ -213,28 +212,15 @@ pub(crate) fn encode_rows<S: Simd, T: Element>(
     }
 }
 
-/// `Y`, strictly-inside lanes and strictly-outside lanes (see [`nearest_lanes`]).
-type Nearest<S> = ([<S as Simd>::I; 8], <S as Simd>::M, <S as Simd>::M);
-
 /// Lane-wise nearest point of `E8 + ¼` to `z`: `Y = QE8(z - ¼)` (its point is `P = 2Y + 1`,
-/// quarter-units), and the lanes where `P` is strictly inside the cell (valid: `P̂ = P`) or
-/// strictly outside (overload). Lanes in neither are on the cell's boundary and need the
-/// literal test [`on_boundary_valid`].
+/// quarter-units), and the lanes where `P` is valid (`VDEC(COORDS(Y)) == P`: no overload),
+/// decided by [`cell_valid`].
 #[inline(always)]
-fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> Nearest<S> {
+fn nearest_lanes<S: Simd>(z: &[S::F; 8], b: u32) -> ([S::I; 8], S::M) {
     let quarter = S::F::splat(0.25);
     let y = qe8_lanes::<S>(&arr8(|i| z[i] - quarter));
-    let (inside, outside) = cell_test::<S>(&y, b);
-    (y, inside, outside)
-}
-
-/// The literal overload test `VDEC(COORDS(Y) & (q - 1)) == 2Y + 1`, lane-wise.
-#[inline(always)]
-fn on_boundary_valid<S: Simd>(y: &[S::I; 8], b: u32) -> S::M {
-    let one = S::I::splat(1);
-    let got = vdec_lanes::<S>(&code_lanes::<S>(y, b), b);
-    let ok: [S::M; 8] = arr8(|i| got[i].eq((y[i] << 1) + one));
-    ((ok[0] & ok[1]) & (ok[2] & ok[3])) & ((ok[4] & ok[5]) & (ok[6] & ok[7]))
+    let valid = cell_valid::<S>(&y, b);
+    (y, valid)
 }
 
 /// The overload retries of §6 step 4 for every block in `queue`, [`L`] blocks at a time, each
@@ -259,7 +245,7 @@ fn drain_retries<S: Simd>(queue: &[Pending], b: u32, ys: &mut [[[i32; L]; 8]]) {
             for (zi, &qi) in z.iter_mut().zip(&q.z) {
                 zi[l] = qi;
             }
-            step[l] = i32::from(q.s);
+            step[l] = 1;
             item[l] = next;
             active |= 1 << l;
             next += 1;
@@ -270,14 +256,8 @@ fn drain_retries<S: Simd>(queue: &[Pending], b: u32, ys: &mut [[[i32; L]; 8]]) {
         // β = (16 − s)/16: the division by 16 is exact, as is this product.
         let beta = (sixteen - S::I::from_array(step)).to_f32() * sixteenth;
         let zs: [S::F; 8] = arr8(|i| S::F::from_array(z[i]) * beta);
-        let (y, inside, outside) = nearest_lanes::<S>(&zs, b);
-        let mut inside = inside.bits();
-        let boundary = !(inside | outside.bits()) & active;
-        if boundary != 0 {
-            // Rare: decide literally.
-            inside |= boundary & on_boundary_valid::<S>(&y, b).bits();
-        }
-        let mut done = inside & active;
+        let (y, valid) = nearest_lanes::<S>(&zs, b);
+        let mut done = valid.bits() & active;
         if done != 0 {
             let y = arr8(|k| y[k].to_array());
             active &= !done;
@@ -317,7 +297,11 @@ fn encode_group<S: Simd, T: Element>(
     // Step 1: widen to binary32 and transpose into lanes; note non-finite rows.
     for (l, row) in s.rows.chunks_exact_mut(d).enumerate() {
         if l < n {
-            T::load(&x[l * d..(l + 1) * d], row);
+            let src = &x[l * d..(l + 1) * d];
+            match T::as_f16(src) {
+                Some(h) => S::load_f16(h, row),
+                None => T::load(src, row),
+            }
         } else {
             row.fill(0.0);
         }
@@ -363,9 +347,8 @@ fn encode_group<S: Simd, T: Element>(
     };
 
     // Step 4: the candidate clipping factors (three unless the codec tries fewer). First the
-    // nearest point of every block of every candidate, queueing the blocks that need the
-    // literal test or the retries; then the queue, full lanes at a time; then each candidate's
-    // scale and error.
+    // nearest point of every block of every candidate, queueing the overloaded blocks for the
+    // retries; then the queue, full lanes at a time; then each candidate's scale and error.
     let candidates = codec.candidates();
     s.queue.clear();
     for (t, &alpha) in ALPHA[b as usize - 1][..candidates].iter().enumerate() {
@@ -374,11 +357,11 @@ fn encode_group<S: Simd, T: Element>(
         for (j, (vb, yb)) in s.v.chunks_exact(8).zip(ys.iter_mut()).enumerate() {
             let at = t * nb + j;
             let z: [S::F; 8] = arr8(|i| vb[i] * u);
-            let (y, inside, outside) = nearest_lanes::<S>(&z, b);
+            let (y, valid) = nearest_lanes::<S>(&z, b);
             *yb = arr8(|k| y[k].to_array());
-            let mut pending = inside.not().bits();
+            let mut pending = valid.not().bits();
             if pending != 0 {
-                let (zl, outside) = (arr8(|i| z[i].to_array()), outside.bits());
+                let zl = arr8(|i| z[i].to_array());
                 while pending != 0 {
                     let l = pending.trailing_zeros() as usize;
                     pending &= pending - 1;
@@ -386,8 +369,6 @@ fn encode_group<S: Simd, T: Element>(
                         z: arr8(|i| zl[i][l]),
                         at: at as u32,
                         lane: l as u8,
-                        // A boundary point is tested literally at s = 0 (β = 1, exact).
-                        s: u8::from(outside >> l & 1 == 1),
                     });
                 }
             }

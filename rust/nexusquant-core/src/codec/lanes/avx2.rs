@@ -92,6 +92,23 @@ impl Simd for Avx2 {
             *d = half::f16::from_f32(*s);
         }
     }
+
+    /// `_mm256_cvtph_ps` (exact, as `half` does with F16C).
+    #[inline(always)]
+    fn load_f16(src: &[half::f16], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "slices must have the same length");
+        let mut s8 = src.chunks_exact(8);
+        let mut d8 = dst.chunks_exact_mut(8);
+        for (s, d) in (&mut s8).zip(&mut d8) {
+            avx!({
+                let h = _mm_loadu_si128(s.as_ptr().cast());
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+            });
+        }
+        for (s, d) in s8.remainder().iter().zip(d8.into_remainder()) {
+            *d = s.to_f32();
+        }
+    }
 }
 
 impl LaneF<Avx2> for F {

@@ -42,6 +42,10 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// Rounds `src` to fp16 into `dst` (same length), to nearest, ties to even: the same
     /// results as `half`'s slice conversion.
     fn store_f16(src: &[f32], dst: &mut [half::f16]);
+
+    /// Widens `src` to binary32 into `dst` (same length; exact): the same results as `half`'s
+    /// slice conversion.
+    fn load_f16(src: &[half::f16], dst: &mut [f32]);
 }
 
 /// Lane-wise binary32 operations. Comparisons are IEEE (false on NaN).
@@ -308,6 +312,20 @@ mod avx2_tests {
                 integral.to_int_exact().to_array(),
                 xintegral.to_int_exact().to_array()
             );
+        }
+        // fp16 <-> binary32 on every fp16 bit pattern (13 values: one full chunk and a tail).
+        let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+        for chunk in all.chunks(13) {
+            let (mut p, mut x) = ([0f32; 13], [0f32; 13]);
+            Portable::load_f16(chunk, &mut p[..chunk.len()]);
+            Avx2::load_f16(chunk, &mut x[..chunk.len()]);
+            for (a, b) in p.iter().zip(&x) {
+                assert_eq!(a.to_bits(), b.to_bits(), "load_f16 {chunk:?}");
+            }
+            let (mut hp, mut hx) = ([half::f16::ZERO; 13], [half::f16::ZERO; 13]);
+            Portable::store_f16(&p[..chunk.len()], &mut hp[..chunk.len()]);
+            Avx2::store_f16(&x[..chunk.len()], &mut hx[..chunk.len()]);
+            assert_eq!(hp.map(half::f16::to_bits), hx.map(half::f16::to_bits));
         }
         let rows: [[f32; L]; 8] =
             core::array::from_fn(|r| core::array::from_fn(|c| (r * 8 + c) as f32));

@@ -58,6 +58,11 @@ impl Simd for Portable {
         use half::slice::HalfFloatSliceExt;
         dst.convert_from_f32_slice(src);
     }
+
+    fn load_f16(src: &[half::f16], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
 }
 
 impl LaneF<Portable> for F {
