@@ -439,28 +439,40 @@ fn encode_group<S: Simd, T: Element>(
     }
 
     // Step 5: pack the kept candidate's codes of every lane. Codes 0-3 and 4-7 of a block each
-    // fit in 32 bits (4·b <= 32).
+    // fit in 32 bits (4·b <= 32), and a whole block does for b <= 4. Each lane's block is stored
+    // as 4 or 8 bytes at its offset; the next block's store overwrites the bytes past it.
     let (is1, is2) = (best_t.eq(S::I::splat(1)), best_t.eq(S::I::splat(2)));
     let stride = cb + 8;
     let half_bits = 4 * b;
     for j in 0..nb {
-        let (y0, y1, y2) = (&s.ys[j], &s.ys[nb + j], &s.ys[2 * nb + j]);
-        let y: [S::I; 8] = arr8(|k| {
-            let (y0, y1, y2) = (
-                S::I::from_array(y0[k]),
-                S::I::from_array(y1[k]),
-                S::I::from_array(y2[k]),
-            );
-            is2.select_i(y2, is1.select_i(y1, y0))
-        });
+        let y: [S::I; 8] = if candidates == 1 {
+            arr8(|k| S::I::from_array(s.ys[j][k]))
+        } else {
+            let (y0, y1, y2) = (&s.ys[j], &s.ys[nb + j], &s.ys[2 * nb + j]);
+            arr8(|k| {
+                let (y0, y1, y2) = (
+                    S::I::from_array(y0[k]),
+                    S::I::from_array(y1[k]),
+                    S::I::from_array(y2[k]),
+                );
+                is2.select_i(y2, is1.select_i(y1, y0))
+            })
+        };
         let c = code_lanes::<S>(&y, b);
         let lo = ((c[0] | (c[1] << b)) | (c[2] << (2 * b))) | (c[3] << (3 * b));
         let hi = ((c[4] | (c[5] << b)) | (c[6] << (2 * b))) | (c[7] << (3 * b));
-        let (lo, hi) = (lo.to_array(), hi.to_array());
         let at = j * b as usize;
-        for l in 0..n {
-            let w = u64::from(lo[l] as u32) | (u64::from(hi[l] as u32) << half_bits);
-            s.bytes[l * stride + at..l * stride + at + 8].copy_from_slice(&w.to_le_bytes());
+        if b <= 4 {
+            let w = (lo | (hi << half_bits)).to_array();
+            for (l, w) in w.iter().enumerate().take(n) {
+                s.bytes[l * stride + at..l * stride + at + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        } else {
+            let (lo, hi) = (lo.to_array(), hi.to_array());
+            for l in 0..n {
+                let w = u64::from(lo[l] as u32) | (u64::from(hi[l] as u32) << half_bits);
+                s.bytes[l * stride + at..l * stride + at + 8].copy_from_slice(&w.to_le_bytes());
+            }
         }
     }
     for l in 0..n {
