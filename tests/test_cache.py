@@ -193,8 +193,8 @@ def test_row_differences_come_only_from_float_noise_upstream():
                 # Coded relative to the row's centres (test_cache_layer).
                 x_batch_coded = centred(x_batch[None], x_batch[None])[0][0]
                 x_alone_coded = centred(x_alone[None], x_alone[None])[0][0]
-                assert torch.equal(c_batch, codec.encode(x_batch_coded, bits, 0, backend=cache_layer.CODEC_BACKEND)[0])
-                assert torch.equal(c_alone, codec.encode(x_alone_coded, bits, 0, backend=cache_layer.CODEC_BACKEND)[0])
+                assert torch.equal(c_batch, codec.encode(x_batch_coded, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)[0])
+                assert torch.equal(c_alone, codec.encode(x_alone_coded, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)[0])
                 same_input = (x_batch == x_alone).all(dim=-1)
                 assert (c_batch == c_alone).all(dim=-1)[same_input].all()
                 assert (x_batch - x_alone).abs().max() <= 1e-5 * x_alone.abs().max()

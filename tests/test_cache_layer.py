@@ -30,11 +30,11 @@ SMALL = dict(sink_tokens=4, window=8, block=4)
 
 
 def encode(x: torch.Tensor, bits: int) -> torch.Tensor:
-    return codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND)[0]
+    return codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)[0]
 
 
 def roundtrip(x: torch.Tensor, bits: int) -> torch.Tensor:
-    c, s = codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND)
+    c, s = codec.encode(x, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)
     return codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=x.dtype,
                         backend=cache_layer.CODEC_BACKEND)
 
@@ -46,7 +46,7 @@ def centred_roundtrip(x: torch.Tensor, bits: int, first: torch.Tensor, *, unbias
     fewer bits than the keys; keys of a layer without sinks or window): each scale multiplied by
     |r|² / <r, r̂> for the coded vector r (r̂ its codec round trip), rounded to fp16."""
     coded, use, centre = centred(x, first)
-    c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND)
+    c, s = codec.encode(coded, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)
     if unbiased:
         once = codec.decode(c, s, bits=bits, seed=0, head_dim=x.shape[-1], dtype=torch.float32,
                             backend=cache_layer.CODEC_BACKEND)
@@ -476,7 +476,7 @@ def test_values_with_fewer_bits_and_keys_of_fully_coded_layers_get_the_unbiased_
         x = x[:, :, coded]
         finite = torch.isfinite(x).all(-1, keepdim=True)  # the centre: mean of the finite vectors
         r, _, _ = centred(x, torch.where(finite, x, 0).sum(2, keepdim=True) / finite.sum(2, keepdim=True))
-        ref_codes, ref_scales = codec.encode(r, bits, 0, backend=cache_layer.CODEC_BACKEND)
+        ref_codes, ref_scales = codec.encode(r, bits, 0, backend=cache_layer.CODEC_BACKEND, candidates=cache_layer.CODEC_CANDIDATES)
         assert torch.equal(codes[:, :, :50], ref_codes)  # the codes are the codec's
         scales = stored[:, :, :50].abs()
         decoded = codec.decode(codes[:, :, :50], scales, bits=bits, seed=0, head_dim=64,

@@ -66,7 +66,7 @@ def test_encode_matches_reference(host, d, bits):
         x = rows(d, dtype, seed=1000 * d + 10 * bits + k)
         seed = 0x9E3779B97F4A7C15 * (d + bits + k) % 2**64
         codes, scales = host_encode(host, x, bits, seed)
-        ref_codes, ref_scales = reference.encode(x, bits, seed)
+        ref_codes, ref_scales = reference.encode(x, bits, seed, 3)
         assert torch.equal(codes, ref_codes), f"codes differ, {dtype}"
         assert torch.equal(scales.view(torch.int16), ref_scales), f"scales differ, {dtype}"
 
@@ -109,7 +109,7 @@ def test_other_head_dims_round_trip_like_reference(host, d):
     bits = 3
     x = rows(d, torch.float32, seed=d)
     codes, scales = host_encode(host, x, bits, d)
-    ref_codes, ref_scales = reference.encode(x, bits, d)
+    ref_codes, ref_scales = reference.encode(x, bits, d, 3)
     assert torch.equal(codes, ref_codes) and torch.equal(scales.view(torch.int16), ref_scales)
     out = torch.empty(ROWS, d, dtype=torch.bfloat16)
     host.launch(

@@ -74,12 +74,13 @@ def test_encode_codes_equal_reference_and_core(d, bits):
     for k, dtype in enumerate(DTYPES):
         x = rows(d, dtype, seed=d * 100 + bits * 10 + k, n=131)
         seed = 0xDEADBEEF12345678 + d + bits + k
-        codes, scales = nq.codec.encode(x.cuda(), bits, seed)
-        ref_codes, ref_scales = reference.encode(x, bits, seed)
+        # Three candidates, the KV cache's setting (the default of one is tested below).
+        codes, scales = nq.codec.encode(x.cuda(), bits, seed, candidates=3)
+        ref_codes, ref_scales = reference.encode(x, bits, seed, 3)
         assert torch.equal(codes.cpu(), ref_codes), f"codes differ from the reference, {dtype}"
         assert torch.equal(scales.cpu().view(torch.int16), ref_scales), f"scales differ, {dtype}"
         if _core_available():
-            q = nq.quantize(x, bits, seed=seed)
+            q = nq.quantize(x, bits, seed=seed, candidates=3)
             assert torch.equal(codes.cpu(), q.codes), dtype
             # bit patterns: the NaN rows' scales are NaN, and NaN != NaN as a float
             assert torch.equal(scales.cpu().view(torch.int16), q.scales.view(torch.int16)), dtype
@@ -413,7 +414,10 @@ def test_kernel_arguments_are_checked_against_the_table():
         "uint64",
         "int32",
     ]
-    assert int(args[0]) == x.data_ptr() and int(args[6]) == 5 and int(args[7]) == 3
+    # candidates: the codec's default (one) unless asked.
+    assert int(args[0]) == x.data_ptr() and int(args[6]) == 5 and int(args[7]) == 1
+    args = loader.kernel_args("encode", torch.float32, gpu.ops.encode_args(x, codes, scales, 2, 5, 3), x.device)
+    assert int(args[7]) == 3
     with pytest.raises(errors.ShapeError, match="x must be torch.float16"):
         loader.kernel_args("encode", torch.float16, values, x.device)
     with pytest.raises(errors.ShapeError, match="do not match the kernel table"):

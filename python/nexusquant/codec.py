@@ -103,8 +103,18 @@ def check_threads(threads: object) -> int | None:
     return int(threads)
 
 
-def check_candidates(candidates: object) -> int:
-    """How many clipping factors the encoder tries: 1, 2 or 3 (see :func:`quantize`)."""
+def default_candidates(bits: int) -> int:
+    """Clipping candidates the encoder tries at ``bits`` unless told otherwise (see
+    :func:`quantize`): one up to 4 bits, where the other two add 0.03-0.44 dB of SQNR, and all
+    three above, where they add 0.7-2.7 dB. The Rust core's ``default_candidates``."""
+    return 1 if bits <= 4 else 3
+
+
+def check_candidates(candidates: object, bits: int | None = None) -> int:
+    """How many clipping factors the encoder tries: 1, 2 or 3 (see :func:`quantize`); ``None``
+    is :func:`default_candidates` of ``bits`` (checked already)."""
+    if candidates is None and bits is not None:
+        return default_candidates(bits)
     if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 1 <= int(candidates) <= 3:
         raise InvalidArgumentError(
             f"candidates must be 1, 2 or 3 (the clipping factors the encoder tries), got {candidates!r}"
@@ -177,7 +187,7 @@ def encode(
     *,
     threads: int | None = None,
     backend: Backend | None = None,
-    candidates: int = 3,
+    candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode head-vectors.
 
@@ -187,7 +197,8 @@ def encode(
         seed: rotation seed in [0, 2^64).
         threads: CPU threads (``None``: all cores).
         backend: ``None`` (by device), ``"core"``, ``"cuda"`` or ``"reference"``.
-        candidates: clipping factors the encoder tries, 1..3 (see :func:`quantize`).
+        candidates: clipping factors the encoder tries, 1..3 (``None``: 1 up to 4 bits, 3 above;
+            see :func:`quantize`).
 
     Returns:
         ``(codes, scales)``: codes ``(..., head_dim*bits/8)`` uint8 and scales ``(...)`` float16,
@@ -199,7 +210,7 @@ def encode(
     bits = check_bits(bits)
     seed = check_seed(seed)
     threads = check_threads(threads)
-    candidates = check_candidates(candidates)
+    candidates = check_candidates(candidates, bits)
     if x.dim() < 1:
         raise ShapeError(f"x must have at least 1 dimension (..., head_dim), got shape {tuple(x.shape)}")
     d = check_head_dim(x.shape[-1], "head_dim (x.shape[-1])")
@@ -371,7 +382,7 @@ def encode_groups(
     seed: int,
     threads: int | None = None,
     backend: Backend | None = None,
-    candidates: int = 3,
+    candidates: int | None = None,
 ) -> None:
     """Encode ``G`` groups of head-vectors straight into slices of larger buffers.
 
@@ -382,7 +393,7 @@ def encode_groups(
     The bytes are those of :func:`encode` on each group.
     """
     bits, seed, threads, g, n, d, cb = _group_args(x, "x", bits, seed, threads)
-    candidates = check_candidates(candidates)
+    candidates = check_candidates(candidates, bits)
     _check_group_tensor(codes_out, "codes_out", torch.uint8, (g, n, cb), "(G, N, head_dim*bits/8)")
     _check_group_tensor(scales_out, "scales_out", torch.float16, (g, n), "(G, N)")
     if not x.device == codes_out.device == scales_out.device:
@@ -710,7 +721,7 @@ def quantize(
     seed: int = 0,
     threads: int | None = None,
     backend: Backend | None = None,
-    candidates: int = 3,
+    candidates: int | None = None,
 ) -> QuantizedTensor:
     """Quantize ``x`` (``(..., head_dim)`` float16 | bfloat16 | float32) to E8 codes.
 
@@ -719,10 +730,14 @@ def quantize(
 
     ``candidates`` is how many of the spec's three clipping factors the encoder tries, keeping
     the one with the smallest error (1, 2 or 3; an encoder setting, not part of the format:
-    :func:`dequantize` reads any of them the same way). ``candidates=1`` encodes 2.1-2.5×
-    faster on the CPU at a lower SQNR: iid Gaussian, head_dim 128, 10.03 / 15.65 / 21.06 dB at
-    2 / 3 / 4 bits instead of 10.09 / 15.80 / 21.50 dB (``benches/codec.py`` prints both). No
-    vector is coded worse with more candidates, since the three include the first.
+    :func:`dequantize` reads any of them the same way). The default (``None``,
+    :func:`default_candidates`) is 1 up to 4 bits, which meets the codec's SQNR targets at its
+    encode speed: iid Gaussian, head_dim 128, 10.04 / 15.64 / 21.05 dB at 2 / 3 / 4 bits.
+    ``candidates=3`` gains 0.05 / 0.15 / 0.44 dB there and encodes 2.5-3× slower on the CPU
+    (``benches/codec.py`` prints both); the KV cache uses it
+    (:data:`nexusquant.cache.layer.CODEC_CANDIDATES`). Above 4 bits the default is 3: one
+    would lose 0.7 / 1.3 / 2.4 / 2.7 dB at 5 / 6 / 7 / 8 bits. No vector is coded worse with
+    more candidates, since the three include the first.
     """
     codes, scales = encode(x, bits, seed, threads=threads, backend=backend, candidates=candidates)
     return QuantizedTensor(

@@ -264,9 +264,14 @@ def _quantize_blocks(z: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tenso
     return code, p
 
 
-def encode(x: torch.Tensor, bits: int, seed: int, candidates: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    x: torch.Tensor, bits: int, seed: int, candidates: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode (N, d) float tensor -> (codes (N, d*bits/8) uint8, scales (N,) int16 fp16 bits),
-    trying the first ``candidates`` (1..3) clipping factors of §6 step 4."""
+    trying the first ``candidates`` (1..3; ``None``: 1 up to 4 bits, 3 above) clipping factors of
+    §6 step 4."""
+    if candidates is None:
+        candidates = 1 if bits <= 4 else 3
     n, d = x.shape
     q = 1 << bits
     v = x.to(torch.float32)

@@ -47,7 +47,7 @@ def _check_device(*tensors: torch.Tensor) -> torch.device:
 
 
 def encode_args(
-    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, seed: int, candidates: int = 3
+    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, seed: int, candidates: int | None = None
 ) -> dict:
     """Arguments of ``nq_encode_*``: x2 ``(N, d)`` contiguous fp16|bf16|fp32, codes
     ``(N, d*bits/8)`` uint8, scales ``(N,)`` float16, ``candidates`` 1..3."""
@@ -58,7 +58,7 @@ def encode_args(
     _check_rows(codes, scales, n, d, bits)
     _check_device(x2, codes, scales)
     seed = check_seed(seed)
-    candidates = check_candidates(candidates)
+    candidates = check_candidates(candidates, bits)
     return {
         "x": x2,
         "codes": codes,
@@ -99,7 +99,7 @@ def _require_cuda(t: torch.Tensor) -> None:
 
 
 def encode(
-    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, *, bits: int, seed: int, candidates: int = 3
+    x2: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, *, bits: int, seed: int, candidates: int | None = None
 ) -> None:
     """Encode ``x2`` (N, d) into ``codes`` and ``scales`` in place (docs/codec.md §6).
 

@@ -1,5 +1,6 @@
 //! Codec throughput on one thread: fp16 head-vectors of dimension 128, 2/3/4 bits, plus the
-//! scalar baseline. Throughput is reported in bytes of fp16 input (encode) or output (decode).
+//! scalar baseline. Encode runs with the default one clipping candidate and with three.
+//! Throughput is reported in bytes of fp16 input (encode) or output (decode).
 //! Targets (docs/design.md): encode >= 300 MB/s, decode >= 1000 MB/s.
 //!
 //! Run with `cargo bench -p nexusquant-core --bench codec`.
@@ -38,6 +39,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 codec
                     .encode_into(&x, &mut codes, &mut scales, Threads::Count(1))
+                    .unwrap()
+            })
+        });
+        // All three clipping candidates (the KV cache's setting).
+        let best = codec.clone().with_candidates(3).unwrap();
+        group.bench_function(BenchmarkId::new("encode_3_candidates", bits), |b| {
+            b.iter(|| {
+                best.encode_into(&x, &mut codes, &mut scales, Threads::Count(1))
                     .unwrap()
             })
         });

@@ -2,8 +2,8 @@
 
 use half::f16;
 use nexusquant_core::codec::{
-    decode_into, decode_vector, encode_into, encode_vector, scalar_roundtrip, Codec, CodecError,
-    CodecParams, Threads,
+    decode_into, decode_vector, default_candidates, encode_into, encode_vector, scalar_roundtrip,
+    Codec, CodecError, CodecParams, Threads,
 };
 
 fn params() -> CodecParams {
@@ -47,7 +47,18 @@ fn candidates() {
             )
         );
     }
-    assert_eq!(Codec::new(params()).candidates(), 3);
+    assert_eq!(Codec::new(params()).candidates(), default_candidates(3));
+    assert_eq!(
+        (1..=8).map(default_candidates).collect::<Vec<_>>(),
+        [1, 1, 1, 1, 3, 3, 3, 3]
+    );
+    assert_eq!(
+        Codec::new(params())
+            .with_candidates(3)
+            .unwrap()
+            .candidates(),
+        3
+    );
 }
 
 #[test]

@@ -105,7 +105,8 @@ fn codec(
     Ok(Codec::new(params))
 }
 
-/// The codec with the encoder's number of clipping candidates (`1..=3`, all when unset).
+/// The codec with the encoder's number of clipping candidates (`1..=3`; the core's
+/// `default_candidates` when unset).
 fn encoder_for(
     py: Python<'_>,
     head_dim: usize,
@@ -302,8 +303,8 @@ fn encode_typed<T: Element>(
 /// Encodes the rows of `x` (N, head_dim) into `codes_out` (N, head_dim·bits/8) uint8 and
 /// `scales_out` (N,) uint16 (fp16 bit patterns), in place. `dtype` names x's element type:
 /// "float32" (numpy float32), "float16" (numpy float16 or uint16 bit patterns) or "bfloat16"
-/// (uint16 bit patterns). `threads=None` uses every core; `candidates` (1, 2 or 3, all when
-/// unset) is how many clipping factors the encoder tries.
+/// (uint16 bit patterns). `threads=None` uses every core; `candidates` (1, 2 or 3; when
+/// unset, one up to 4 bits and three above) is how many clipping factors the encoder tries.
 #[pyfunction]
 #[pyo3(signature = (x, codes_out, scales_out, *, bits, seed, dtype, threads=None, candidates=None))]
 #[allow(clippy::too_many_arguments)]

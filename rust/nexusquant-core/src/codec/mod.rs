@@ -49,8 +49,21 @@ pub use params::{CodecError, CodecParams};
 pub use rotation::Rotation;
 pub use threads::{Threads, MAX_THREADS};
 
-/// The number of clipping candidates of `docs/codec.md` §6 step 4, all tried by default.
+/// The number of clipping candidates of `docs/codec.md` §6 step 4.
 pub const MAX_CANDIDATES: usize = 3;
+
+/// The clipping candidates the encoder tries at `bits` unless told otherwise
+/// ([`Codec::with_candidates`]): one up to 4 bits, where it meets the codec's SQNR targets at the
+/// encode speed it promises and the other two add 0.03-0.44 dB, and all [`MAX_CANDIDATES`]
+/// above, where they add 0.7-2.7 dB (iid Gaussian, head_dim 128). The KV cache of the Python
+/// package asks for three at every width.
+pub fn default_candidates(bits: u32) -> usize {
+    if bits <= 4 {
+        1
+    } else {
+        MAX_CANDIDATES
+    }
+}
 
 use encode::check_len;
 use lanes::L;
@@ -66,24 +79,25 @@ pub struct Codec {
 }
 
 impl Codec {
-    /// The codec for validated parameters, encoding with all [`MAX_CANDIDATES`] clipping
+    /// The codec for validated parameters, encoding with [`default_candidates`] clipping
     /// candidates.
     pub fn new(params: CodecParams) -> Self {
         Self {
             rotation: Rotation::new(params.head_dim(), params.seed()),
+            candidates: default_candidates(params.bits()),
             params,
-            candidates: MAX_CANDIDATES,
         }
     }
 
-    /// The same codec, with an encoder that tries only the first `candidates` clipping factors
-    /// of `docs/codec.md` §6 step 4 (`1..=3`; 3 is the default).
+    /// The same codec, with an encoder that tries the first `candidates` clipping factors of
+    /// `docs/codec.md` §6 step 4 (`1..=3`; [`default_candidates`] unless set) and keeps the
+    /// best.
     ///
     /// This is an encoder setting, not a format parameter: every code decodes the same way and
-    /// decoding ignores it. One candidate encodes 2.1-2.5 times faster at a lower SQNR (iid
-    /// Gaussian, head_dim 128: 10.03 / 15.65 / 21.06 dB at 2 / 3 / 4 bits instead of 10.09 /
-    /// 15.80 / 21.50 dB). Since the three candidates include the first, each vector's error
-    /// with three is at most its error with one.
+    /// decoding ignores it. Three candidates give a higher SQNR (iid Gaussian, head_dim 128:
+    /// 10.09 / 15.79 / 21.49 dB at 2 / 3 / 4 bits instead of 10.04 / 15.64 / 21.05 dB with one)
+    /// and encode 2.5-3 times slower. Since the three candidates include the first, each
+    /// vector's error with three is at most its error with one.
     ///
     /// # Errors
     /// [`CodecError::Candidates`] outside `1..=3`.
