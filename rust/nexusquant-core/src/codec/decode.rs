@@ -95,20 +95,26 @@ impl CodeLanes {
     #[inline(always)]
     pub(crate) fn block<S: Simd>(&self, j: usize, b: u32) -> [S::I; 8] {
         let at = j * b as usize;
-        let mut lo = [0i32; L];
-        let mut hi = [0i32; L];
-        for l in 0..L {
-            let src = &self.bytes[l * self.stride + at..l * self.stride + at + 8];
-            let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
-            lo[l] = w as u32 as i32;
-            hi[l] = (w >> (4 * b)) as u32 as i32;
-        }
-        let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
         let mask = S::I::splat((1 << b) - 1);
-        let c: [S::I; 8] = arr8(|k| {
-            let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
-            (word >> (b * k as u32)) & mask
-        });
+        let c: [S::I; 8] = if b <= 4 {
+            // The block's 8b bits are one 32-bit word (the bits past it are masked off).
+            let w = S::gather_u32(&self.bytes, at, self.stride);
+            arr8(|k| (w >> (b * k as u32)) & mask)
+        } else {
+            let mut lo = [0i32; L];
+            let mut hi = [0i32; L];
+            for l in 0..L {
+                let src = &self.bytes[l * self.stride + at..l * self.stride + at + 8];
+                let w = u64::from_le_bytes(src.try_into().expect("8 bytes"));
+                lo[l] = w as u32 as i32;
+                hi[l] = (w >> (4 * b)) as u32 as i32;
+            }
+            let (lo, hi) = (S::I::from_array(lo), S::I::from_array(hi));
+            arr8(|k| {
+                let (word, k) = if k < 4 { (lo, k) } else { (hi, k - 4) };
+                (word >> (b * k as u32)) & mask
+            })
+        };
         vdec_lanes::<S>(&c, b)
     }
 }

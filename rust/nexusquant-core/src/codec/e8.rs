@@ -128,20 +128,22 @@ fn first_max<S: Simd, T: Copy>(
     first
 }
 
-/// The parity fix of `QD8` in integer units of `1/(4q)`: `f` and `E = 4q·e` are rounded values
-/// and residuals before the fix; returns them fixed.
+/// The parity fix of `QD8` in integer units of `1/(4q)`: `f` and `E = 4q·e` are the rounded
+/// values and residuals before the fix; returns the residuals after it (the fixed coordinate's
+/// `f` moves by ±1, so its `E` by ∓4q).
 #[inline(always)]
-fn qd8_fix_int<S: Simd>(f: [S::I; 8], e: [S::I; 8], sh: u32) -> ([S::I; 8], [S::I; 8]) {
+fn qd8_fix_int<S: Simd>(f: [S::I; 8], e: [S::I; 8], sh: u32) -> [S::I; 8] {
     let s = ((f[0] + f[4]) + (f[2] + f[6])) + ((f[1] + f[5]) + (f[3] + f[7]));
     let one = S::I::splat(1);
     let odd = (s & one).eq(one);
     let first = first_max::<S, S::I>(&arr8(|i| e[i].abs()), S::I::max, S::I::eq);
-    let (zero, minus) = (S::I::splat(0), S::I::splat(-1));
-    let step: [S::I; 8] = arr8(|i| {
+    let (zero, minus, four_q) = (S::I::splat(0), S::I::splat(-1), S::I::splat(1 << sh));
+    arr8(|i| {
         let hit = odd & first[i];
-        hit.select_i(e[i].gt(minus).select_i(one, minus), zero)
-    });
-    (arr8(|i| f[i] + step[i]), arr8(|i| e[i] - (step[i] << sh)))
+        // f + 1 where e >= 0 (e - 4q), f - 1 where e < 0 (e + 4q).
+        let step = e[i].gt(minus).select_i(four_q, zero - four_q);
+        hit.select_i(e[i] - step, e[i])
+    })
 }
 
 /// `Σ E²` of 8 integer residuals (exact, see the module doc).
@@ -172,13 +174,12 @@ pub(crate) fn vdec_lanes<S: Simd>(c: &[S::I; 8], b: u32) -> [S::I; 8] {
     let ea: [S::I; 8] = arr8(|i| p[i] - (fa[i] << sh));
     let fb: [S::I; 8] = arr8(|i| p[i] >> sh);
     let eb: [S::I; 8] = arr8(|i| (p[i] - two_q) - (fb[i] << sh));
-    let (fa, ea) = qd8_fix_int::<S>(fa, ea, sh);
-    let (fb, eb) = qd8_fix_int::<S>(fb, eb, sh);
+    let ea = qd8_fix_int::<S>(fa, ea, sh);
+    let eb = qd8_fix_int::<S>(fb, eb, sh);
+    // K = 2·fa (A) or 2·fb + 1 (B) in half-units, and P̂ = P − 2q·K is exactly the fixed
+    // residual: P − 4q·fa = ea, (P − 2q) − 4q·fb = eb.
     let use_b = sum_sq::<S>(&ea).gt(sum_sq::<S>(&eb));
-    arr8(|i| {
-        let k = use_b.select_i((fb[i] << 1) + one, fa[i] << 1);
-        p[i] - (k << (b + 1))
-    })
+    arr8(|i| use_b.select_i(eb[i], ea[i]))
 }
 
 /// Lane-wise `QD8` in binary32, bit-identical to [`qd8`].

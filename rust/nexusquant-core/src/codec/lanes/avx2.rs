@@ -93,6 +93,25 @@ impl Simd for Avx2 {
         }
     }
 
+    /// `_mm256_i32gather_epi32` (byte offsets), after checking every word lies in `bytes`.
+    #[inline(always)]
+    fn gather_u32(bytes: &[u8], first: usize, stride: usize) -> I {
+        let last = (L - 1) * stride;
+        assert!(
+            last <= i32::MAX as usize && first + last + 4 <= bytes.len(),
+            "gather_u32 out of bounds"
+        );
+        let s = stride as i32;
+        avx!({
+            let index = _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s);
+            // In bounds: checked above.
+            I(_mm256_i32gather_epi32::<1>(
+                bytes.as_ptr().add(first).cast(),
+                index,
+            ))
+        })
+    }
+
     /// `_mm256_cvtph_ps` (exact, as `half` does with F16C).
     #[inline(always)]
     fn load_f16(src: &[half::f16], dst: &mut [f32]) {

@@ -46,6 +46,12 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// Widens `src` to binary32 into `dst` (same length; exact): the same results as `half`'s
     /// slice conversion.
     fn load_f16(src: &[half::f16], dst: &mut [f32]);
+
+    /// Lane `l`: the little-endian 32-bit word at `bytes[first + l·stride..][..4]`.
+    ///
+    /// # Panics
+    /// When the last lane's word runs past `bytes` or `stride` is too large for 32-bit offsets.
+    fn gather_u32(bytes: &[u8], first: usize, stride: usize) -> Self::I;
 }
 
 /// Lane-wise binary32 operations. Comparisons are IEEE (false on NaN).
@@ -313,6 +319,19 @@ mod avx2_tests {
                 xintegral.to_int_exact().to_array()
             );
         }
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        for (first, stride) in [(0, 4), (3, 41), (17, 72), (0, 96)] {
+            assert_eq!(
+                Portable::gather_u32(&bytes, first, stride).to_array(),
+                Avx2::gather_u32(&bytes, first, stride).to_array()
+            );
+        }
+        let want: [i32; L] = core::array::from_fn(|l| {
+            i32::from_le_bytes(bytes[5 + 9 * l..9 + 9 * l].try_into().unwrap())
+        });
+        assert_eq!(Avx2::gather_u32(&bytes, 5, 9).to_array(), want);
+        let bad = std::panic::catch_unwind(|| Avx2::gather_u32(&bytes, 700 - 7 * 96 - 3, 96));
+        assert!(bad.is_err(), "a word past the end must panic");
         // fp16 <-> binary32 on every fp16 bit pattern (13 values: one full chunk and a tail).
         let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
         for chunk in all.chunks(13) {

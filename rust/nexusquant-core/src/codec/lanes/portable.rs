@@ -63,6 +63,13 @@ impl Simd for Portable {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
     }
+
+    fn gather_u32(bytes: &[u8], first: usize, stride: usize) -> I {
+        I(core::array::from_fn(|l| {
+            let at = first + l * stride;
+            i32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+        }))
+    }
 }
 
 impl LaneF<Portable> for F {
