@@ -55,8 +55,6 @@ pub fn decode_vector(
 struct Scratch<S: Simd> {
     /// The vectors being decoded, coordinate-major.
     v: Vec<S::F>,
-    /// The group's head-vectors in binary32, row after row.
-    rows: Vec<f32>,
     /// The group's code bytes, lane by lane.
     lanes: CodeLanes,
 }
@@ -136,7 +134,6 @@ pub(crate) fn decode_rows<S: Simd, T: Element>(
     let (d, cb) = (p.head_dim(), p.code_bytes());
     let mut s = Scratch::<S> {
         v: vec![S::F::splat(0.0); d],
-        rows: vec![0.0; L * d],
         lanes: CodeLanes::new(cb),
     };
     for ((cg, sg), og) in codes
@@ -192,21 +189,21 @@ fn decode_group<S: Simd, T: Element>(
         }
     }
 
+    // Back to rows, 8 coordinates of every lane at a time, straight into `out`.
     for k in 0..d / 8 {
         let r: [S::F; 8] = arr8(|i| s.v[8 * k + i]);
         let t = S::transpose(r);
-        for (l, t) in t.iter().enumerate() {
-            s.rows[l * d + 8 * k..l * d + 8 * k + 8].copy_from_slice(&t.to_array());
+        for (l, t) in t.iter().enumerate().take(n) {
+            let dst = &mut out[l * d + 8 * k..l * d + 8 * k + 8];
+            match T::as_f16_mut(dst) {
+                Some(h) => t.store_f16(h),
+                None => T::store(&t.to_array(), dst),
+            }
         }
     }
     for l in 0..n {
-        let row = &mut out[l * d..(l + 1) * d];
         if nan.get(l) {
-            row.fill(T::NAN);
-        } else if let Some(row) = T::as_f16_mut(row) {
-            S::store_f16(&s.rows[l * d..(l + 1) * d], row);
-        } else {
-            T::store(&s.rows[l * d..(l + 1) * d], row);
+            out[l * d..(l + 1) * d].fill(T::NAN);
         }
     }
 }

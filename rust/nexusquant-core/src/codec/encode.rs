@@ -464,8 +464,8 @@ fn encode_group<S: Simd, T: Element>(
         let at = j * b as usize;
         if b <= 4 {
             let w = (lo | (hi << half_bits)).to_array();
-            for (l, w) in w.iter().enumerate().take(n) {
-                s.bytes[l * stride + at..l * stride + at + 4].copy_from_slice(&w.to_le_bytes());
+            for (row, w) in s.bytes.chunks_exact_mut(stride).zip(&w).take(n) {
+                row[at..at + 4].copy_from_slice(&w.to_le_bytes());
             }
         } else {
             let (lo, hi) = (lo.to_array(), hi.to_array());

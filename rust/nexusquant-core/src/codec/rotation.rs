@@ -176,38 +176,48 @@ impl Rotation {
 }
 
 /// `FWHT_P` on lane vectors, with `pre(i, x)` applied to each input and `post(i, x)` to each
-/// output. Stages are fused three at a time (radix 8) to save passes over memory; every output
-/// of every stage is still the one addition or subtraction the spec names, in stage order.
+/// output. Stages are fused three at a time (radix 8) to save passes over memory, and `pre` and
+/// `post` are applied as the first pass loads and the last pass stores; every output of every
+/// stage is still the one addition or subtraction the spec names, in stage order.
 #[inline(always)]
 fn fwht_lanes<S: Simd>(
     w: &mut [S::F],
     pre: impl Fn(usize, S::F) -> S::F,
     post: impl Fn(usize, S::F) -> S::F,
 ) {
-    for (i, x) in w.iter_mut().enumerate() {
-        *x = pre(i, *x);
-    }
     let log = w.len().trailing_zeros() as usize;
-    let mut h = 1;
+    debug_assert!(log >= 3, "FWHT of at least 8 values");
+    let same = |_: usize, x: S::F| x;
     // Radix 8 while three stages remain, then one pass of radix 4 or 2.
-    for _ in 0..log / 3 {
-        radix::<S, 8>(w, h);
-        h *= 8;
-    }
-    match log % 3 {
-        2 => radix::<S, 4>(w, h),
-        1 => radix::<S, 2>(w, h),
-        _ => {}
-    }
-    for (i, x) in w.iter_mut().enumerate() {
-        *x = post(i, *x);
+    let passes = log / 3 + usize::from(log % 3 != 0);
+    let mut h = 1;
+    for pass in 0..passes {
+        let (first, last) = (pass == 0, pass + 1 == passes);
+        let radix_of = if pass < log / 3 { 8 } else { 1 << (log % 3) };
+        match (radix_of, first, last) {
+            (8, true, true) => radix::<S, 8>(w, h, &pre, &post),
+            (8, true, false) => radix::<S, 8>(w, h, &pre, same),
+            (8, false, true) => radix::<S, 8>(w, h, same, &post),
+            (8, false, false) => radix::<S, 8>(w, h, same, same),
+            (4, _, _) => radix::<S, 4>(w, h, same, &post),
+            _ => radix::<S, 2>(w, h, same, &post),
+        }
+        h *= radix_of;
     }
 }
 
-/// One pass of `log2(R)` consecutive stages `h, 2h, …` on groups of `R` values at stride `h`.
+/// One pass of `log2(R)` consecutive stages `h, 2h, …` on groups of `R` values at stride `h`,
+/// with `pre(i, x)` applied to each value `w[i]` as it is loaded and `post(i, x)` as it is
+/// stored.
 #[inline(always)]
-fn radix<S: Simd, const R: usize>(w: &mut [S::F], h: usize) {
-    for group in w.chunks_exact_mut(R * h) {
+fn radix<S: Simd, const R: usize>(
+    w: &mut [S::F],
+    h: usize,
+    pre: impl Fn(usize, S::F) -> S::F,
+    post: impl Fn(usize, S::F) -> S::F,
+) {
+    for (g, group) in w.chunks_exact_mut(R * h).enumerate() {
+        let base = g * R * h;
         // The group as R rows of h values: row k holds the values at j + k·h.
         let mut rows: [&mut [S::F]; R] = core::array::from_fn(|_| &mut [][..]);
         let mut rest = group;
@@ -217,7 +227,7 @@ fn radix<S: Simd, const R: usize>(w: &mut [S::F], h: usize) {
             rest = tail;
         }
         for j in 0..h {
-            let mut a: [S::F; R] = core::array::from_fn(|k| rows[k][j]);
+            let mut a: [S::F; R] = core::array::from_fn(|k| pre(base + k * h + j, rows[k][j]));
             let mut s = 1;
             while s < R {
                 for k in 0..R {
@@ -229,8 +239,8 @@ fn radix<S: Simd, const R: usize>(w: &mut [S::F], h: usize) {
                 }
                 s *= 2;
             }
-            for (row, x) in rows.iter_mut().zip(a) {
-                row[j] = x;
+            for (k, (row, x)) in rows.iter_mut().zip(a).enumerate() {
+                row[j] = post(base + k * h + j, x);
             }
         }
     }

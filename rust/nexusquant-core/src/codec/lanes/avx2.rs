@@ -74,25 +74,6 @@ impl Simd for Avx2 {
         })
     }
 
-    /// `_mm256_cvtps_ph` with round-to-nearest-even, the instruction `half` uses with F16C
-    /// (and the kernels only run where F16C is present, see the module's safety note).
-    #[inline(always)]
-    fn store_f16(src: &[f32], dst: &mut [half::f16]) {
-        assert_eq!(src.len(), dst.len(), "slices must have the same length");
-        let mut s8 = src.chunks_exact(8);
-        let mut d8 = dst.chunks_exact_mut(8);
-        for (s, d) in (&mut s8).zip(&mut d8) {
-            avx!({
-                let v = _mm256_loadu_ps(s.as_ptr());
-                let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
-                _mm_storeu_si128(d.as_mut_ptr().cast(), h);
-            });
-        }
-        for (s, d) in s8.remainder().iter().zip(d8.into_remainder()) {
-            *d = half::f16::from_f32(*s);
-        }
-    }
-
     /// `_mm256_i32gather_epi32` (byte offsets), after checking every word lies in `bytes`.
     #[inline(always)]
     fn gather_u32(bytes: &[u8], first: usize, stride: usize) -> I {
@@ -144,6 +125,16 @@ impl LaneF<Avx2> for F {
         let mut a = [0.0; L];
         avx!(_mm256_storeu_ps(a.as_mut_ptr(), self.0));
         a
+    }
+    /// `_mm256_cvtps_ph` with round-to-nearest-even, the instruction `half` uses with F16C (and
+    /// the kernels only run where F16C is present, see the module's safety note).
+    #[inline(always)]
+    fn store_f16(self, dst: &mut [half::f16]) {
+        let dst = &mut dst[..L];
+        avx!({
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(self.0);
+            _mm_storeu_si128(dst.as_mut_ptr().cast(), h);
+        });
     }
     #[inline(always)]
     fn div(self, rhs: F) -> F {

@@ -39,10 +39,6 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// `r[l]`. Turns 8 rows of 8 values into coordinate-major lanes and back.
     fn transpose(r: [Self::F; 8]) -> [Self::F; 8];
 
-    /// Rounds `src` to fp16 into `dst` (same length), to nearest, ties to even: the same
-    /// results as `half`'s slice conversion.
-    fn store_f16(src: &[f32], dst: &mut [half::f16]);
-
     /// Widens `src` to binary32 into `dst` (same length; exact): the same results as `half`'s
     /// slice conversion.
     fn load_f16(src: &[half::f16], dst: &mut [f32]);
@@ -64,6 +60,8 @@ pub(crate) trait LaneF<S: Simd>:
     fn from_array(a: [f32; L]) -> Self;
     /// The lanes as an array.
     fn to_array(self) -> [f32; L];
+    /// The lanes rounded to fp16 (to nearest, ties to even) into `dst` (`L` values).
+    fn store_f16(self, dst: &mut [half::f16]);
     /// IEEE division.
     fn div(self, rhs: Self) -> Self;
     /// IEEE square root.
@@ -332,7 +330,17 @@ mod avx2_tests {
         assert_eq!(Avx2::gather_u32(&bytes, 5, 9).to_array(), want);
         let bad = std::panic::catch_unwind(|| Avx2::gather_u32(&bytes, 700 - 7 * 96 - 3, 96));
         assert!(bad.is_err(), "a word past the end must panic");
-        // fp16 <-> binary32 on every fp16 bit pattern (13 values: one full chunk and a tail).
+        // Lane vectors to fp16: the slice conversion's results, on awkward values.
+        for a0 in 0..vals.len() {
+            let a: [f32; L] = core::array::from_fn(|l| vals[(a0 + l) % vals.len()] * 1.000_1);
+            let (mut hp, mut hx) = ([half::f16::ZERO; L], [half::f16::ZERO; L]);
+            <Portable as Simd>::F::from_array(a).store_f16(&mut hp);
+            <Avx2 as Simd>::F::from_array(a).store_f16(&mut hx);
+            let want: [u16; L] = core::array::from_fn(|l| half::f16::from_f32(a[l]).to_bits());
+            assert_eq!(hp.map(half::f16::to_bits), want);
+            assert_eq!(hx.map(half::f16::to_bits), want);
+        }
+        // fp16 -> binary32 on every fp16 bit pattern (13 values: one full chunk and a tail).
         let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
         for chunk in all.chunks(13) {
             let (mut p, mut x) = ([0f32; 13], [0f32; 13]);
@@ -341,10 +349,6 @@ mod avx2_tests {
             for (a, b) in p.iter().zip(&x) {
                 assert_eq!(a.to_bits(), b.to_bits(), "load_f16 {chunk:?}");
             }
-            let (mut hp, mut hx) = ([half::f16::ZERO; 13], [half::f16::ZERO; 13]);
-            Portable::store_f16(&p[..chunk.len()], &mut hp[..chunk.len()]);
-            Avx2::store_f16(&x[..chunk.len()], &mut hx[..chunk.len()]);
-            assert_eq!(hp.map(half::f16::to_bits), hx.map(half::f16::to_bits));
         }
         let rows: [[f32; L]; 8] =
             core::array::from_fn(|r| core::array::from_fn(|c| (r * 8 + c) as f32));

@@ -53,12 +53,6 @@ impl Simd for Portable {
         super::arr8(|i| F(super::arr8(|l| r[l].0[i])))
     }
 
-    #[inline(always)]
-    fn store_f16(src: &[f32], dst: &mut [half::f16]) {
-        use half::slice::HalfFloatSliceExt;
-        dst.convert_from_f32_slice(src);
-    }
-
     fn load_f16(src: &[half::f16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
@@ -84,6 +78,12 @@ impl LaneF<Portable> for F {
     #[inline(always)]
     fn to_array(self) -> [f32; L] {
         self.0
+    }
+    #[inline(always)]
+    fn store_f16(self, dst: &mut [half::f16]) {
+        for (d, &x) in dst[..L].iter_mut().zip(&self.0) {
+            *d = half::f16::from_f32(x);
+        }
     }
     #[inline(always)]
     fn div(self, rhs: F) -> F {
