@@ -187,22 +187,26 @@ fn fwht_lanes<S: Simd>(
 ) {
     let log = w.len().trailing_zeros() as usize;
     debug_assert!(log >= 3, "FWHT of at least 8 values");
+    // `pre` and `post` are moved into their pass (not passed by reference: a `&F` call is not
+    // always inlined, and out of line it loses the AVX2 features).
     let same = |_: usize, x: S::F| x;
-    // Radix 8 while three stages remain, then one pass of radix 4 or 2.
-    let passes = log / 3 + usize::from(log % 3 != 0);
-    let mut h = 1;
-    for pass in 0..passes {
-        let (first, last) = (pass == 0, pass + 1 == passes);
-        let radix_of = if pass < log / 3 { 8 } else { 1 << (log % 3) };
-        match (radix_of, first, last) {
-            (8, true, true) => radix::<S, 8>(w, h, &pre, &post),
-            (8, true, false) => radix::<S, 8>(w, h, &pre, same),
-            (8, false, true) => radix::<S, 8>(w, h, same, &post),
-            (8, false, false) => radix::<S, 8>(w, h, same, same),
-            (4, _, _) => radix::<S, 4>(w, h, same, &post),
-            _ => radix::<S, 2>(w, h, same, &post),
-        }
-        h *= radix_of;
+    if log == 3 {
+        radix::<S, 8>(w, 1, pre, post);
+        return;
+    }
+    // Radix 8 while three stages remain, then one pass of radix 4 or 2; the last pass is the
+    // last radix-8 one when `log` is a multiple of 3.
+    radix::<S, 8>(w, 1, pre, same);
+    let mut h = 8;
+    let middle = log / 3 - usize::from(log % 3 == 0);
+    for _ in 1..middle {
+        radix::<S, 8>(w, h, same, same);
+        h *= 8;
+    }
+    match log % 3 {
+        0 => radix::<S, 8>(w, h, same, post),
+        1 => radix::<S, 2>(w, h, same, post),
+        _ => radix::<S, 4>(w, h, same, post),
     }
 }
 
@@ -227,7 +231,12 @@ fn radix<S: Simd, const R: usize>(
             rest = tail;
         }
         for j in 0..h {
-            let mut a: [S::F; R] = core::array::from_fn(|k| pre(base + k * h + j, rows[k][j]));
+            // A loop, not `core::array::from_fn`: that one is not always inlined, and out of
+            // line it loses the AVX2 features and calls every intrinsic in `pre`.
+            let mut a = [S::F::splat(0.0); R];
+            for (k, x) in a.iter_mut().enumerate() {
+                *x = pre(base + k * h + j, rows[k][j]);
+            }
             let mut s = 1;
             while s < R {
                 for k in 0..R {
