@@ -732,8 +732,8 @@ def quantize(
     the one with the smallest error (1, 2 or 3; an encoder setting, not part of the format:
     :func:`dequantize` reads any of them the same way). The default (``None``,
     :func:`default_candidates`) is 1 up to 4 bits, which meets the codec's SQNR targets at its
-    encode speed: iid Gaussian, head_dim 128, 10.04 / 15.64 / 21.05 dB at 2 / 3 / 4 bits.
-    ``candidates=3`` gains 0.05 / 0.15 / 0.44 dB there and encodes 2.5-3× slower on the CPU
+    encode speed: iid Gaussian, head_dim 128, 10.03 / 15.64 / 21.05 dB at 2 / 3 / 4 bits.
+    ``candidates=3`` gains 0.06 / 0.15 / 0.44 dB there and encodes about 2.4× slower on the CPU
     (``benches/codec.py`` prints both); the KV cache uses it
     (:data:`nexusquant.cache.layer.CODEC_CANDIDATES`). Above 4 bits the default is 3: one
     would lose 0.7 / 1.3 / 2.4 / 2.7 dB at 5 / 6 / 7 / 8 bits. No vector is coded worse with

@@ -95,8 +95,8 @@ impl Codec {
     ///
     /// This is an encoder setting, not a format parameter: every code decodes the same way and
     /// decoding ignores it. Three candidates give a higher SQNR (iid Gaussian, head_dim 128:
-    /// 10.09 / 15.79 / 21.49 dB at 2 / 3 / 4 bits instead of 10.04 / 15.64 / 21.05 dB with one)
-    /// and encode 2.5-3 times slower. Since the three candidates include the first, each
+    /// 10.09 / 15.79 / 21.49 dB at 2 / 3 / 4 bits instead of 10.03 / 15.64 / 21.05 dB with one)
+    /// and encode about 2.4 times slower. Since the three candidates include the first, each
     /// vector's error with three is at most its error with one.
     ///
     /// # Errors
