@@ -538,23 +538,29 @@ mod tests {
         r
     }
 
-    /// Every codebook point `P` of `b` bits and every other point of its coset on the same
-    /// sphere, `P − 4q·r` for the roots `r` with `<P, r> = 4q` (quarter-units): its mates across
-    /// the cell's faces, which the overload test must reject.
+    /// A codebook point `P` (quarter-units) and every other point of its coset on the same
+    /// sphere, `P − 4q·r` for the roots `r` with `<P, r> = 4q`: its mates across the cell's faces,
+    /// which the overload test must reject. Returns how many mates it pushed.
+    fn push_with_mates(pts: &mut Vec<[i32; 8]>, p: [i32; 8], b: u32, roots: &[[i32; 8]]) -> usize {
+        let q = 1i32 << b;
+        pts.push(p);
+        let before = pts.len();
+        for r in roots {
+            let dot: i32 = p.iter().zip(r).map(|(a, b)| a * b).sum();
+            if dot == 8 * q {
+                pts.push(core::array::from_fn(|i| p[i] - 2 * q * r[i]));
+            }
+        }
+        pts.len() - before
+    }
+
+    /// Every codebook point of `b` bits with its mates (see [`push_with_mates`]).
     fn check_cell_valid_exhaustive<S: Simd>(b: u32) {
         let roots = roots2();
-        let q = 1i32 << b;
         let mut pts = Vec::new();
         let (mut valid, mut invalid) = (0, 0);
         for idx in 0..1u64 << (8 * b) {
-            let p = vdec(&code_from_index(idx, b), b);
-            pts.push(p);
-            for r in &roots {
-                let dot: i32 = p.iter().zip(r).map(|(a, b)| a * b).sum();
-                if dot == 8 * q {
-                    pts.push(core::array::from_fn(|i| p[i] - 2 * q * r[i]));
-                }
-            }
+            push_with_mates(&mut pts, vdec(&code_from_index(idx, b), b), b, &roots);
             if pts.len() >= 1 << 16 {
                 let (v, n) = check_valid_points::<S>(&pts, b);
                 (valid, invalid) = (valid + v, invalid + n);
@@ -567,6 +573,33 @@ mod tests {
         // and the boundary is exercised.
         assert_eq!(valid, 1 << (8 * b), "{valid} valid, {invalid} invalid");
         assert!(invalid > valid / 4, "{valid} valid, {invalid} invalid");
+    }
+
+    /// Random codebook points of 3 to 8 bits on the cell's boundary, with their mates.
+    fn check_cell_valid_boundary_sampled<S: Simd>() {
+        let roots = roots2();
+        let mut rng = SplitMix64::new(7);
+        for b in 3..=8u32 {
+            let (mut pts, mut on_boundary) = (Vec::new(), 0);
+            // Fewer points lie on the boundary as b grows (about 3 % at b = 6).
+            for _ in 0..100_000 {
+                if on_boundary == 150 {
+                    break;
+                }
+                let code: [u8; 8] = core::array::from_fn(|_| (rng.next() >> (64 - b)) as u8);
+                let mut with = Vec::new();
+                if push_with_mates(&mut with, vdec(&code, b), b, &roots) > 0 {
+                    on_boundary += 1;
+                    pts.extend(with);
+                }
+            }
+            let (valid, invalid) = check_valid_points::<S>(&pts, b);
+            assert_eq!(valid, on_boundary, "b = {b}: one valid point per coset");
+            assert!(
+                on_boundary == 150 && invalid >= on_boundary,
+                "b = {b}: {on_boundary}"
+            );
+        }
     }
 
     /// Random nearest points at scales that overload often, for every `b`.
@@ -595,10 +628,12 @@ mod tests {
         for b in 1..=2 {
             check_cell_valid_exhaustive::<Portable>(b);
         }
+        check_cell_valid_boundary_sampled::<Portable>();
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             check_cell_valid_random::<super::super::lanes::avx2::Avx2>();
             check_cell_valid_exhaustive::<super::super::lanes::avx2::Avx2>(2);
+            check_cell_valid_boundary_sampled::<super::super::lanes::avx2::Avx2>();
         }
     }
 
