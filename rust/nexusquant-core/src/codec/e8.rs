@@ -212,11 +212,10 @@ pub(crate) fn qe8_lanes<S: Simd>(z: &[S::F; 8]) -> [S::I; 8] {
     let da = fold8_lanes::<S>(&arr8(|i| ea[i] * ea[i]));
     let db = fold8_lanes::<S>(&arr8(|i| eb[i] * eb[i]));
     let use_a = da.le(db);
-    let one = S::F::splat(1.0);
+    // Y = 2a or 2b + 1 = 2·(b + ½), all exact for these small integers.
     arr8(|i| {
-        use_a
-            .select(a[i] + a[i], (b[i] + b[i]) + one)
-            .to_int_exact()
+        let y = use_a.select(a[i], b[i] + half);
+        (y + y).to_int_exact()
     })
 }
 
