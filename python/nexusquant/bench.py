@@ -5,7 +5,8 @@ element actually stored (scales counted), encode and decode MB/s of fp16 data on
 on all threads, next to the scalar baseline measured in the same run (the same rotation, then
 per-vector round-to-nearest at the same bits with the best clipping scale). These are for the
 codec's defaults (one clipping candidate); the same figures follow for the encoder with all
-three (``candidates=3``, the KV cache's setting; the same format and decoder). Round trips (encode then decode, one thread) next to the scalar baseline's
+three (``candidates=3``, the KV cache's setting; the same format and decoder). Round trips
+(encode then decode, one thread) next to the scalar baseline's
 round trip timed in the same run, so that the ratio survives a noisy machine. MB = 10^6 bytes;
 encode MB/s counts fp16 input bytes, decode MB/s counts fp16 output bytes, a round trip counts
 the head-vectors' fp16 bytes once.

@@ -271,7 +271,9 @@ def encode(
     trying the first ``candidates`` (1..3; ``None``: 1 up to 4 bits, 3 above) clipping factors of
     §6 step 4."""
     if candidates is None:
-        candidates = 1 if bits <= 4 else 3
+        from .codec import default_candidates  # noqa: PLC0415 - the library's rule, one place
+
+        candidates = default_candidates(bits)
     n, d = x.shape
     q = 1 << bits
     v = x.to(torch.float32)

@@ -246,7 +246,8 @@ pub(crate) fn qe8_lanes<S: Simd>(z: &[S::F; 8]) -> [S::I; 8] {
 ///   `floor(Y_7 / q)` is even.
 ///
 /// `tests::cell_valid_agrees_with_vdec` checks it against `VDEC` on every codebook point and its
-/// boundary neighbours for `b <= 2` and on random points for every `b`.
+/// boundary neighbours for `b <= 2`, on sampled boundary points and their neighbours for
+/// `b = 3..=8`, and on random nearest points for every `b`.
 #[inline(always)]
 pub(crate) fn cell_valid<S: Simd>(y: &[S::I; 8], b: u32) -> S::M {
     let one = S::I::splat(1);
