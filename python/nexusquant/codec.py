@@ -110,10 +110,10 @@ def default_candidates(bits: int) -> int:
     return 1 if bits <= 4 else 3
 
 
-def check_candidates(candidates: object, bits: int | None = None) -> int:
+def check_candidates(candidates: object, bits: int) -> int:
     """How many clipping factors the encoder tries: 1, 2 or 3 (see :func:`quantize`); ``None``
     is :func:`default_candidates` of ``bits`` (checked already)."""
-    if candidates is None and bits is not None:
+    if candidates is None:
         return default_candidates(bits)
     if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 1 <= int(candidates) <= 3:
         raise InvalidArgumentError(
